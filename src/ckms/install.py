@@ -1,0 +1,372 @@
+"""Install and uninstall: a journaled transaction over one kernel's module dir.
+
+Before a module file is touched, a journal (``<name>/.txn-<kver>-<arch>.json``)
+records what will change.  Install commits by creating the ``kernel-<kver>-<arch>``
+link; uninstall commits by writing its journal.  The next writer to take the
+lock finishes the work of a killed process: an uncommitted install is rolled
+back (new files removed, originals put back), an uninstall is rolled forward.
+So a kernel is always either fully with or fully without a package.
+
+depmod runs once per kernel at the end of the command (``Transaction.finish``);
+if it fails, what the command installed on that kernel is rolled back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import IO, Callable, Dict, List, Optional, Set, Tuple
+
+from .build import hook_env
+from .context import Context
+from .errors import CkmsError, PermissionProblem, StateError
+from .kernel import COMPRESSIONS, Kernel
+from .model import Package
+from .privileges import chown_to_owner, is_root, owner_ids
+from .run import run_logged, run_quiet, tail
+
+SUFFIXES = ("", ".gz", ".xz", ".zst")
+COMPRESSORS = {
+    ".gz": ["gzip", "-9", "-n", "-c"],
+    ".xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"],
+    ".zst": ["zstd", "-q", "-19", "-c"],
+}
+LoadPackage = Callable[[str, str], Package]
+
+
+class Transaction:
+    """Installs and uninstalls of one command; depmod once per kernel at the end."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self.done: Dict[str, List[Tuple[str, Package, Kernel]]] = {}
+        self.kernels: Dict[str, Kernel] = {}
+        self.initramfs: Set[str] = set()
+
+    # ----- checks -----------------------------------------------------------
+    def require_rights(self) -> None:
+        if self.ctx.real_destdir and not is_root():
+            raise PermissionProblem(
+                f"installing into {self.ctx.config.destdir} needs root: run as root, "
+                "or install into a staging directory with -d DESTDIR")
+
+    def kernel_dir(self, kernel: Kernel) -> Path:
+        return self.ctx.config.destdir / kernel.version
+
+    def suffix(self, kernel: Kernel) -> str:
+        comp = self.ctx.config.compression
+        return COMPRESSIONS[comp] if comp else kernel.compression()
+
+    # ----- install ----------------------------------------------------------
+    def install(self, pkg: Package, kernel: Kernel, load: LoadPackage) -> bool:
+        tree, out = self.ctx.tree, self.ctx.out
+        kver, arch = kernel.version, kernel.machine
+        self.recover(pkg.name, kernel, load)
+        current = tree.installed_version(pkg.name, kver, arch)
+        if current == pkg.version:
+            out.info(f"{pkg.ref} is already installed for {kver}/{arch}")
+            return False
+        if current is not None:
+            raise StateError(f"{pkg.name}={current} is installed for {kver}; "
+                             f"'ckms -k {kver} uninstall {pkg.name}' first")
+        built = tree.builtdir(pkg.name, pkg.version, kver, arch)
+        if not built.is_dir():
+            raise StateError(f"{pkg.ref} is not built for {kver}/{arch}; "
+                             f"'ckms -k {kver} build {pkg.ref}' first")
+        kdir = self.kernel_dir(kernel)
+        sfx = self.suffix(kernel)
+        originals = tree.originals(pkg.name, kver, arch)
+        files: List[Tuple[str, str]] = []
+        backups: List[Tuple[str, str]] = []
+        for mod in pkg.modules:
+            src = built / "module" / f"{mod.name}.ko"
+            if not src.is_file():
+                raise StateError(f"{src} is missing: the build of {pkg.ref} is damaged; "
+                                 f"'ckms -k {kver} clean {pkg.ref}' and build again")
+            files.append((str(src), mod.dest_relpath + sfx))
+            for old in _variants(kdir / mod.dest_relpath):
+                rel = os.path.relpath(old, kdir)
+                backups.append((rel, str(originals / rel)))
+        self._hook(pkg, kernel, "pre_install", built)
+        out.info(f"installing {pkg.ref} for {kver}/{arch} into {kdir}")
+        self._write_journal(pkg.name, kernel, {
+            "op": "install", "version": pkg.version,
+            "files": [dst for _, dst in files], "backups": backups,
+        })
+        self.kernels[kver] = kernel
+        for rel, backup in backups:
+            _move(kdir / rel, Path(backup))
+            out.info(f"kept the original {rel} (restored on uninstall)")
+        if backups:
+            for dirpath, dirs, names in os.walk(originals.parent.parent):
+                for entry in [dirpath, *(os.path.join(dirpath, n) for n in dirs + names)]:
+                    self._give_to_owner(Path(entry))
+        for srcfile, rel in files:
+            self._place(Path(srcfile), kdir / rel, sfx)
+        self._commit_install(pkg, kernel)
+        self.done.setdefault(kver, []).append(("install", pkg, kernel))
+        if self._initramfs_wanted(pkg, kernel, built):
+            self.initramfs.add(kver)
+        self._hook(pkg, kernel, "post_install", built)
+        out.info(f"installed {pkg.ref} for {kver}/{arch}")
+        return True
+
+    def _commit_install(self, pkg: Package, kernel: Kernel) -> None:
+        tree = self.ctx.tree
+        link = tree.installed_link(pkg.name, kernel.version, kernel.machine)
+        tmp = link.with_name(f".{link.name}.new")
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        os.symlink(f"{pkg.version}/{kernel.version}/{kernel.machine}", tmp)
+        self._give_to_owner(tmp)
+        os.rename(tmp, link)
+        tree.journal(pkg.name, kernel.version, kernel.machine).unlink()
+
+    def _place(self, src: Path, dst: Path, sfx: str) -> None:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmpname = tempfile.mkstemp(prefix=f".{dst.name}.", dir=dst.parent)
+        tmp = Path(tmpname)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                if sfx:
+                    proc = run_quiet_bytes(COMPRESSORS[sfx] + [str(src)])
+                    fh.write(proc)
+                else:
+                    with open(src, "rb") as sfh:
+                        shutil.copyfileobj(sfh, fh)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.chmod(tmp, 0o644)
+            os.rename(tmp, dst)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # ----- uninstall ----------------------------------------------------------
+    def uninstall(self, name: str, kernel: Kernel, load: LoadPackage,
+                  version: Optional[str] = None) -> bool:
+        tree, out = self.ctx.tree, self.ctx.out
+        kver, arch = kernel.version, kernel.machine
+        self.recover(name, kernel, load)
+        current = tree.installed_version(name, kver, arch)
+        if current is None or (version is not None and current != version):
+            what = f"{name}={version}" if version else name
+            raise StateError(f"{what} is not installed for {kver}/{arch}"
+                             + (f" ({name}={current} is)" if current else ""))
+        pkg = load(name, current)
+        built = tree.builtdir(name, current, kver, arch)
+        self._hook(pkg, kernel, "pre_remove", built)
+        out.info(f"uninstalling {pkg.ref} from {kver}/{arch}")
+        self._write_journal(name, kernel, {
+            "op": "uninstall", "version": current,
+            "files": [mod.dest_relpath for mod in pkg.modules],
+        })
+        self.kernels[kver] = kernel
+        self._finish_uninstall(pkg, kernel)
+        self.done.setdefault(kver, []).append(("uninstall", pkg, kernel))
+        if self._initramfs_wanted(pkg, kernel, built):
+            self.initramfs.add(kver)
+        self._hook(pkg, kernel, "post_remove", built)
+        out.info(f"uninstalled {pkg.ref} from {kver}/{arch}")
+        return True
+
+    def _finish_uninstall(self, pkg: Package, kernel: Kernel) -> None:
+        """Idempotent: remove our files, put originals back, drop the link."""
+        tree = self.ctx.tree
+        kdir = self.kernel_dir(kernel)
+        for mod in pkg.modules:
+            for path in _variants(kdir / mod.dest_relpath):
+                path.unlink()
+        self._restore_originals(pkg.name, kernel)
+        for mod in pkg.modules:
+            _prune_dirs((kdir / mod.dest_relpath).parent, kdir)
+        tree.installed_link(pkg.name, kernel.version, kernel.machine).unlink(missing_ok=True)
+        tree.journal(pkg.name, kernel.version, kernel.machine).unlink(missing_ok=True)
+
+    def _restore_originals(self, name: str, kernel: Kernel) -> None:
+        tree, out = self.ctx.tree, self.ctx.out
+        base = tree.originals(name, kernel.version, kernel.machine)
+        kdir = self.kernel_dir(kernel)
+        if not base.is_dir():
+            return
+        for dirpath, _dirs, names in os.walk(base):
+            for fname in names:
+                backup = Path(dirpath) / fname
+                rel = os.path.relpath(backup, base)
+                _move(backup, kdir / rel)
+                out.info(f"restored the original {rel}")
+        shutil.rmtree(base, ignore_errors=True)
+        tree.prune_package_dir(name)
+
+    # ----- recovery ---------------------------------------------------------
+    def recover(self, name: str, kernel: Kernel, load: LoadPackage) -> None:
+        """Finish or undo the transaction a killed process left behind."""
+        tree, out = self.ctx.tree, self.ctx.out
+        journal = tree.journal(name, kernel.version, kernel.machine)
+        try:
+            record = json.loads(journal.read_text())
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError):
+            journal.unlink(missing_ok=True)
+            return
+        version = record.get("version")
+        self.kernels[kernel.version] = kernel
+        if record.get("op") == "uninstall":
+            out.warn(f"finishing the interrupted uninstall of {name}={version} from {kernel.version}")
+            self._finish_uninstall(load(name, version), kernel)
+            return
+        if tree.installed_version(name, kernel.version, kernel.machine) == version:
+            journal.unlink()
+            return
+        out.warn(f"rolling back the interrupted install of {name}={version} on {kernel.version}")
+        kdir = self.kernel_dir(kernel)
+        for rel in record.get("files", []):
+            (kdir / rel).unlink(missing_ok=True)
+        for rel, backup in record.get("backups", []):
+            if Path(backup).exists():
+                _move(Path(backup), kdir / rel)
+        for rel in record.get("files", []):
+            _prune_dirs((kdir / rel).parent, kdir)
+        journal.unlink()
+
+    def _write_journal(self, name: str, kernel: Kernel, record: dict[str, object]) -> None:
+        path = self.ctx.tree.journal(name, kernel.version, kernel.machine)
+        tmp = path.with_name(path.name + ".tmp")
+        with open(tmp, "w") as fh:
+            json.dump(record, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        self._give_to_owner(tmp)
+        os.rename(tmp, path)
+
+    # ----- the end of the command -------------------------------------------
+    def finish(self) -> None:
+        """Run depmod (and the initramfs hook) once for each kernel touched."""
+        failures = []
+        for kver, kernel in self.kernels.items():
+            if not self.ctx.depmod or not self.ctx.real_destdir:
+                continue
+            if not (self.kernel_dir(kernel)).is_dir():
+                continue
+            ok, log = self._depmod(kernel)
+            if not ok:
+                failures.append(f"depmod failed for {kver}:\n{log}")
+                self._roll_back(kver)
+                self._depmod(kernel)
+                continue
+            if kver in self.initramfs:
+                self._initramfs(kernel)
+        if failures:
+            raise CkmsError("\n".join(failures) + "\nthe changes to these kernels were rolled back")
+
+    def _roll_back(self, kver: str) -> None:
+        for op, pkg, kernel in reversed(self.done.get(kver, [])):
+            self.ctx.out.warn(f"rolling back the {op} of {pkg.ref} on {kver}")
+            if op == "install":
+                self._finish_uninstall(pkg, kernel)
+
+    def _depmod(self, kernel: Kernel) -> Tuple[bool, str]:
+        hook = self.ctx.config.depmod_hook
+        if hook is not None:
+            argv = [str(hook), kernel.version]
+        else:
+            argv = ["depmod", "-a"]
+            smap = kernel.system_map()
+            if smap is not None:
+                argv += ["-F", str(smap)]
+            argv.append(kernel.version)
+        self.ctx.out.info(f"running {' '.join(argv)}")
+        proc = run_quiet(argv)
+        return proc.returncode == 0, (proc.stdout + proc.stderr).strip()
+
+    def _initramfs(self, kernel: Kernel) -> None:
+        hook = self.ctx.config.initramfs_hook
+        if not hook.is_file():
+            return
+        self.ctx.out.info(f"refreshing the initramfs of {kernel.version} with {hook}")
+        proc = subprocess.run([str(hook), kernel.version], cwd=self.ctx.config.destdir,
+                              stdin=subprocess.DEVNULL)
+        if proc.returncode != 0:
+            self.ctx.out.warn(f"{hook} failed for {kernel.version} (exit status "
+                              f"{proc.returncode}); refresh the initramfs by hand")
+
+    # ----- helpers --------------------------------------------------------------
+    def _initramfs_wanted(self, pkg: Package, kernel: Kernel, built: Path) -> bool:
+        if isinstance(pkg.initramfs, bool):
+            return pkg.initramfs
+        env = hook_env(self.ctx, pkg, kernel)
+        return run_quiet(["/bin/sh", "-c", pkg.initramfs.expr], cwd=built, env=env).returncode == 0
+
+    def _hook(self, pkg: Package, kernel: Kernel, hook: str, built: Path) -> None:
+        cmd = pkg.hooks.get(hook)
+        if cmd is None:
+            return
+        self.ctx.out.info(f"running {hook}...")
+        env = hook_env(self.ctx, pkg, kernel)
+        logdir = Path(tempfile.mkdtemp(prefix=f".{hook}-", dir=self.ctx.tree.verdir(pkg.name, pkg.version)))
+        log = logdir / f"{hook}.log"
+        try:
+            rc = _run_as_owner(cmd, built if built.is_dir() else logdir, env, log,
+                               self.ctx.out.echo(), self.ctx.tree.root)
+            if rc != 0:
+                raise CkmsError(f"{hook} hook of {pkg.ref} failed on {kernel.version} "
+                                f"(exit status {rc}):\n{tail(log)}")
+            if built.is_dir() and os.access(built / "log", os.W_OK):
+                shutil.copyfile(log, built / "log" / f"{hook}.log")
+        finally:
+            shutil.rmtree(logdir, ignore_errors=True)
+
+    def _give_to_owner(self, path: Path) -> None:
+        chown_to_owner(path, self.ctx.tree.root)
+
+
+def run_quiet_bytes(argv: List[str]) -> bytes:
+    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
+    if proc.returncode != 0:
+        raise CkmsError(f"{argv[0]} failed compressing {argv[-1]}: "
+                        f"{proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def _run_as_owner(cmd: str, cwd: Path, env: Dict[str, str], log: Path,
+                  echo: Optional[IO[str]], statedir: Path) -> int:
+    """Run an install-time hook; as root, as the state tree's owner."""
+    ids = None
+    if is_root():
+        uid, gid = owner_ids(statedir)
+        if uid != 0:
+            os.chown(log.parent, uid, gid)
+            ids = (uid, gid)
+    return run_logged(cmd, cwd=cwd, env=env, log=log, echo=echo, as_ids=ids)
+
+
+def _variants(base: Path) -> List[Path]:
+    """The module file at base in any compression (foo.ko, foo.ko.xz...)."""
+    return [Path(f"{base}{sfx}") for sfx in SUFFIXES if os.path.lexists(f"{base}{sfx}")]
+
+
+def _move(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.rename(src, dst)
+    except OSError:
+        tmp = dst.with_name(f".{dst.name}.ckms-tmp")
+        shutil.copy2(src, tmp)
+        os.rename(tmp, dst)
+        src.unlink()
+
+
+def _prune_dirs(path: Path, stop: Path) -> None:
+    """Remove empty directories from path up to (not including) stop."""
+    while path != stop and path.is_relative_to(stop):
+        try:
+            path.rmdir()
+        except OSError:
+            return
+        path = path.parent

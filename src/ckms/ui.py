@@ -1,0 +1,41 @@
+"""Human output: one style for progress, warnings and errors."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Optional
+
+
+class Output:
+    def __init__(self, quiet: bool = False, color: Optional[bool] = None,
+                 stream: IO[str] = sys.stdout, errstream: IO[str] = sys.stderr,
+                 prog: str = "ckms") -> None:
+        if color is None:
+            color = stream.isatty() and "NO_COLOR" not in os.environ
+        self.quiet = quiet
+        self.color = color
+        self.stream = stream
+        self.errstream = errstream
+        self.prog = prog
+
+    def _paint(self, text: str, code: str) -> str:
+        return f"\033[{code}m{text}\033[m" if self.color else text
+
+    def info(self, msg: str) -> None:
+        self.stream.write(self._paint(f"=> {self.prog}: {msg}", "1") + "\n")
+        self.stream.flush()
+
+    def warn(self, msg: str) -> None:
+        self.stream.flush()
+        self.errstream.write(self._paint(f"{self.prog}: warning: {msg}", "1;33") + "\n")
+        self.errstream.flush()
+
+    def error(self, msg: str) -> None:
+        self.stream.flush()
+        self.errstream.write(self._paint(f"{self.prog}: error: {msg}", "1;31") + "\n")
+        self.errstream.flush()
+
+    def echo(self) -> Optional[IO[str]]:
+        """Where build output is copied to (None when quiet)."""
+        return None if self.quiet else self.stream
