@@ -97,6 +97,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     cfg = cfg.with_options(statedir=args.statedir, destdir=args.destdir, jobs=args.jobs,
                            compression=args.compression, quiet=args.quiet,
                            sign_key=args.sign_key, sign_cert=args.sign_cert)
+    # hooks and tools run in other directories: make the paths absolute
+    cfg = cfg.with_options(statedir=cfg.statedir.absolute(), destdir=cfg.destdir.absolute())
     out.quiet = cfg.quiet
     tree = Tree(cfg.statedir)
     tree.require_root()
