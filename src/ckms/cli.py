@@ -83,6 +83,11 @@ def main(argv: Optional[List[str]] = None) -> int:
     except CkmsError as exc:
         out.error(str(exc))
         return exc.code
+    except OSError as exc:
+        # e.g. a destdir the state owner cannot write to, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        out.error(f"{where}{exc.strerror or exc}")
+        return 1
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130
