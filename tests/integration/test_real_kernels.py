@@ -285,3 +285,32 @@ def test_killed_install_is_rolled_back(ckms: RunCkms, tmp_path: Path, statedir: 
     assert (kdir / f"pair_core.ko{sfx}").read_bytes() == b"original core"
     assert not (kdir / f"pair_user.ko{sfx}").exists()
     assert not list((statedir / "ckms-pair").glob(".txn-*"))
+
+
+@needs_root
+def test_initramfs_hook_only_for_initramfs_packages(shared_dir: Path,
+                                                    owner: pwd.struct_passwd) -> None:
+    state, src = owned_tree(shared_dir, owner)
+    calls = shared_dir / "initramfs-calls"
+    hook = shared_dir / "refresh-initramfs.sh"
+    hook.write_text(f'#!/bin/sh\necho "$1" >> {calls}\n')
+    hook.chmod(0o755)
+    config = shared_dir / "config.ini"
+    config.write_text(f"[ckms]\ninitramfs_hook = {hook}\n")
+    ini = src / "hello" / "ckms.ini"
+    ini.write_text(ini.read_text().replace("version = 1.0", "version = 1.0\ninitramfs = yes"))
+    kver = NEWEST
+    base = ["-C", str(config), "-s", str(state), "-k", kver, "-q"]
+    for pkg, ref in (("pair", "ckms-pair=2.1"), ("hello", "ckms-hello=1.0")):
+        run_ckms_cmd([*base, "add", str(src / pkg)])
+        run_ckms_cmd([*base, "build", ref])
+    try:
+        run_ckms_cmd([*base, "install", "ckms-pair=2.1"])
+        assert not calls.exists()  # initramfs = no: never called
+        run_ckms_cmd([*base, "install", "ckms-hello=1.0"])
+        assert calls.read_text() == f"{kver}\n"
+        run_ckms_cmd([*base, "-D", "uninstall", "ckms-hello"])
+        assert calls.read_text() == f"{kver}\n"  # no depmod, no initramfs refresh
+    finally:
+        for name in ("ckms-hello", "ckms-pair"):
+            run_ckms_cmd([*base, "uninstall", name], check=None)
