@@ -38,7 +38,7 @@ def resolve_make(make: str) -> str:
 def hook_env(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
     """The environment hooks (and the default kbuild make) run in."""
     cfg = ctx.config
-    make_args = kernel.make_args() + shlex.split(cfg.make_build_args)
+    make_args = [*kernel.make_args(), cfg.make_build_args.strip()]
     env = base_env()
     env.update({
         "MAKE": resolve_make(pkg.make),
@@ -49,11 +49,11 @@ def hook_env(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
         "CKMS_KERNEL_ARCH": kernel.arch,
         "CKMS_KERNEL_HDRDIR": str(kernel.hdrdir),
         "CKMS_JOBS": str(cfg.jobs),
-        "CKMS_MAKE_ARGS": " ".join(make_args),
+        "CKMS_MAKE_ARGS": " ".join(a for a in make_args if a),
         "CKMS_STATEDIR": str(cfg.statedir),
         "CKMS_DESTDIR": str(cfg.destdir),
     })
-    if ctx.depmod:
+    if ctx.depmod and ctx.real_destdir:
         env["CKMS_DEPMOD"] = "1"
     for arg in kernel.make_args():
         key, _, value = arg.partition("=")

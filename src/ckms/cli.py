@@ -101,7 +101,8 @@ def run(args: argparse.Namespace, out: Output) -> int:
     cfg = load_config(args.config, out.warn, required=args.config != DEFAULT_CONFIG)
     cfg = cfg.with_options(statedir=args.statedir, destdir=args.destdir, jobs=args.jobs,
                            compression=args.compression, quiet=args.quiet,
-                           sign_key=args.sign_key, sign_cert=args.sign_cert)
+                           sign_key=args.sign_key,
+                           sign_cert=args.sign_cert or args.sign_key)
     # hooks and tools run in other directories: make the paths absolute
     cfg = cfg.with_options(statedir=cfg.statedir.absolute(), destdir=cfg.destdir.absolute())
     out.quiet = cfg.quiet
@@ -159,12 +160,14 @@ def run(args: argparse.Namespace, out: Output) -> int:
             build(ctx, load(name, version), kernel, force=args.force)
         elif cmd in ("install", "uninstall"):
             txn = Transaction(ctx)
-            if cmd == "install":
-                assert version is not None
-                txn.install(load(name, version), kernel, load)
-            else:
-                txn.uninstall(name, kernel, load, version)
-            txn.finish()
+            try:
+                if cmd == "install":
+                    assert version is not None
+                    txn.install(load(name, version), kernel, load)
+                else:
+                    txn.uninstall(name, kernel, load, version)
+            finally:
+                txn.finish()  # depmod for whatever changed, even after an error
         elif cmd == "clean":
             assert version is not None
             tree.require_added(name, version)

@@ -7,6 +7,7 @@ override the file.
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional
@@ -29,7 +30,7 @@ class Config:
     destdir: Path = Path("/lib/modules")
     quiet: bool = False
     strip: str = "strip -g"
-    initramfs_hook: Path = Path("/etc/ckms/refresh-initramfs.sh")
+    initramfs_hook: Optional[Path] = Path("/etc/ckms/refresh-initramfs.sh")
     depmod_hook: Optional[Path] = None
     make_build_args: str = ""
     sign_key: Optional[Path] = None
@@ -61,8 +62,23 @@ def load_config(path: Path, warn: Callable[[str], None], required: bool = False)
                 warn(f"{where}: unknown key {key!r} in [ckms] ignored")
             elif key == "quiet":
                 opts[key] = parse_bool(val, where, allow_shell=False)
-            elif key in ("strip", "make_build_args", "compression"):
+            elif key == "compression":
+                if val and val not in ("gz", "xz", "zst"):
+                    raise ConfigError(f"{where}: compression must be gz, xz or zst, not {val!r}")
+                opts[key] = val or None
+            elif key == "strip":
+                try:
+                    if not shlex.split(val):
+                        raise ValueError("empty")
+                except ValueError as exc:
+                    raise ConfigError(f"{where}: strip command {val!r}: {exc}") from None
                 opts[key] = val
+            elif key == "make_build_args":
+                opts[key] = val
+            elif key in ("statedir", "destdir"):
+                if not val:
+                    raise ConfigError(f"{where}: {key} must not be empty")
+                opts[key] = Path(val)
             elif key == "lock_timeout":
                 opts[key] = _number(val, where, float)
             elif key == "jobs":

@@ -11,7 +11,7 @@ from __future__ import annotations
 class CkmsError(Exception):
     """An expected failure: one message saying what, where and what to do."""
 
-    code = 1  # an operation failed (a hook, make, strip, sign, depmod)
+    code = 1  # an operation failed (install/remove hooks, depmod, compression, I/O)
 
 
 class UsageError(CkmsError):

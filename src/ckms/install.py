@@ -112,7 +112,7 @@ class Transaction:
         self.done.setdefault(kver, []).append(("install", pkg, kernel))
         if self._initramfs_wanted(pkg, kernel, built):
             self.initramfs.add(kver)
-        self._hook(pkg, kernel, "post_install", built)
+        self._hook(pkg, kernel, "post_install", built, fatal=False)
         out.info(f"installed {pkg.ref} for {kver}/{arch}")
         return True
 
@@ -171,7 +171,7 @@ class Transaction:
         self.done.setdefault(kver, []).append(("uninstall", pkg, kernel))
         if self._initramfs_wanted(pkg, kernel, built):
             self.initramfs.add(kver)
-        self._hook(pkg, kernel, "post_remove", built)
+        self._hook(pkg, kernel, "post_remove", built, fatal=False)
         out.info(f"uninstalled {pkg.ref} from {kver}/{arch}")
         return True
 
@@ -287,14 +287,19 @@ class Transaction:
 
     def _initramfs(self, kernel: Kernel) -> None:
         hook = self.ctx.config.initramfs_hook
-        if not hook.is_file():
+        if hook is None or not hook.is_file():
             return
         self.ctx.out.info(f"refreshing the initramfs of {kernel.version} with {hook}")
-        proc = subprocess.run([str(hook), kernel.version], cwd=self.ctx.config.destdir,
-                              stdin=subprocess.DEVNULL)
-        if proc.returncode != 0:
-            self.ctx.out.warn(f"{hook} failed for {kernel.version} (exit status "
-                              f"{proc.returncode}); refresh the initramfs by hand")
+        try:
+            rc = subprocess.run([str(hook), kernel.version], cwd=self.ctx.config.destdir,
+                                stdin=subprocess.DEVNULL).returncode
+        except OSError as exc:
+            rc, why = -1, exc.strerror
+        else:
+            why = f"exit status {rc}"
+        if rc != 0:
+            self.ctx.out.warn(f"{hook} failed for {kernel.version} ({why}); "
+                              "refresh the initramfs by hand")
 
     # ----- helpers --------------------------------------------------------------
     def _initramfs_wanted(self, pkg: Package, kernel: Kernel, built: Path) -> bool:
@@ -303,7 +308,9 @@ class Transaction:
         env = hook_env(self.ctx, pkg, kernel)
         return run_quiet(["/bin/sh", "-c", pkg.initramfs.expr], cwd=built, env=env).returncode == 0
 
-    def _hook(self, pkg: Package, kernel: Kernel, hook: str, built: Path) -> None:
+    def _hook(self, pkg: Package, kernel: Kernel, hook: str, built: Path,
+              fatal: bool = True) -> None:
+        """Run an install-time hook; a failing post_* hook (after the commit) only warns."""
         cmd = pkg.hooks.get(hook)
         if cmd is None:
             return
@@ -314,11 +321,15 @@ class Transaction:
         try:
             rc = _run_as_owner(cmd, built if built.is_dir() else logdir, env, log,
                                self.ctx.out.echo(), self.ctx.tree.root)
-            if rc != 0:
-                raise CkmsError(f"{hook} hook of {pkg.ref} failed on {kernel.version} "
-                                f"(exit status {rc}):\n{tail(log)}")
+            kept = built / "log" / f"{hook}.log"
             if built.is_dir() and os.access(built / "log", os.W_OK):
-                shutil.copyfile(log, built / "log" / f"{hook}.log")
+                shutil.copyfile(log, kept)
+            if rc != 0:
+                msg = (f"{hook} hook of {pkg.ref} failed on {kernel.version} "
+                       f"(exit status {rc}); log: {kept}\n{tail(log)}")
+                if fatal:
+                    raise CkmsError(msg)
+                self.ctx.out.warn(msg)
         finally:
             shutil.rmtree(logdir, ignore_errors=True)
 
