@@ -152,7 +152,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     name, version = parse_package_ref(arg)
     if version is None and cmd != "uninstall":
         raise UsageError(f"'{cmd}' needs NAME=VERSION, got {arg!r}")
-    kernel = Kernel.find(args.kernver, hdrdir=args.hdrdir)
+    kernel = Kernel.find(args.kernver, hdrdir=args.hdrdir.absolute() if args.hdrdir else None)
 
     with tree.locked(cfg.lock_timeout, out.info):
         if cmd == "build":

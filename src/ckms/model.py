@@ -77,10 +77,8 @@ def check_relpath(path: str, what: str) -> str:
     """
     if "\0" in path or "\n" in path:
         raise ConfigError(f"invalid {what} {path!r}")
-    norm = posixpath.normpath("/" + path.strip()).lstrip("/")
-    if norm in ("", "."):
-        return "."
-    if norm == ".." or norm.startswith("../") or "/../" in f"/{norm}/":
+    norm = posixpath.normpath(path.strip().lstrip("/") or ".")
+    if norm == ".." or norm.startswith("../"):
         raise ConfigError(f"{what} {path!r} escapes its directory")
     return norm
 
