@@ -185,7 +185,7 @@ class Tree:
         for inst in self.modules_root_kernels():
             seen_kernels.add((inst, default_arch))
         wanted = ([(k, arch or default_arch) for k in kernels] if kernels is not None
-                  else sorted(seen_kernels))
+                  else sorted(seen_kernels, key=lambda ka: (version_key(ka[0]), ka[1])))
         lines: List[StatusLine] = []
         disabled_cache: Dict[str, Set[Tuple[str, str]]] = {}
         for (pname, pver) in sorted(records, key=lambda r: (r[0], version_key(r[1]))):
