@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -114,8 +115,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     if cmd in ("status", "plain-status"):
         return status(ctx, args)
 
-    wants = 1 if cmd != "status" else 0
-    if len(args.args) != wants:
+    if len(args.args) != 1:
         raise UsageError(f"'{cmd}' takes one argument: {COMMANDS[cmd].split()[0]}")
     arg = args.args[0]
 
@@ -124,15 +124,13 @@ def run(args: argparse.Namespace, out: Output) -> int:
     else:
         drop_to_owner(cfg.statedir)
 
-    def warn(msg: str) -> None:
-        out.warn(msg)
-
     def load(name: str, version: str) -> Package:
-        tree.require_added(name, version) if cmd != "uninstall" else None
+        if cmd != "uninstall":  # uninstall only needs the stored definition
+            tree.require_added(name, version)
         path = tree.definition(name, version)
         if not path.is_file():
             raise StateError(f"{name}={version} is not added (no {path})")
-        pkg = load_definition(path, warn)
+        pkg = load_definition(path, out.warn)
         if (pkg.name, pkg.version) != (name, version):
             raise StateError(f"{path} defines {pkg.ref}, not {name}={version}")
         return pkg
@@ -143,7 +141,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             raise UsageError(f"{arg} is not a directory")
         src = src.resolve()
         definition = args.modconf.resolve() if args.modconf else find_definition(src)
-        pkg = load_definition(definition, warn)
+        pkg = load_definition(definition, out.warn)
         with tree.locked(cfg.lock_timeout, out.info):
             tree.add(pkg.name, pkg.version, src, definition)
         out.info(f"added {pkg.ref} from {src}")
@@ -190,7 +188,6 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
     if args.args:
         name, version = parse_package_ref(args.args[0])
     kernels = [Kernel.find(args.kernver).version] if args.kernver else None
-    import os
     lines = ctx.tree.status(name, version, kernels, default_arch=os.uname().machine)
     if args.json:
         json.dump([line.__dict__ for line in lines], sys.stdout, indent=1)

@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional, Set, Tuple
 
-from .build import hook_env
+from .build import evaluate, hook_env
 from .context import Context
 from .errors import CkmsError, PermissionProblem, StateError
 from .kernel import COMPRESSIONS, Kernel
@@ -305,8 +305,7 @@ class Transaction:
     def _initramfs_wanted(self, pkg: Package, kernel: Kernel, built: Path) -> bool:
         if isinstance(pkg.initramfs, bool):
             return pkg.initramfs
-        env = hook_env(self.ctx, pkg, kernel)
-        return run_quiet(["/bin/sh", "-c", pkg.initramfs.expr], cwd=built, env=env).returncode == 0
+        return evaluate(pkg.initramfs, built, hook_env(self.ctx, pkg, kernel))
 
     def _hook(self, pkg: Package, kernel: Kernel, hook: str, built: Path,
               fatal: bool = True) -> None:
