@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import os
+import pwd
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Callable, Iterator, List, Optional
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 SRC = ROOT / "src"
+OWNER = "ckms-test"  # the unprivileged owner of state trees in root tests
 
 RunCkms = Callable[..., "subprocess.CompletedProcess[str]"]
 
@@ -62,3 +66,35 @@ def ckms(statedir: Path) -> RunCkms:
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 needs_kernels = pytest.mark.skipif(len(real_kernels()) < 1, reason="no kernel headers installed")
+
+
+# ----- as root: state trees owned by an unprivileged user ----------------------
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A world-traversable scratch dir (pytest's tmp dirs are root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="ckms-it-", dir="/var/tmp"))
+    os.chmod(d, 0o755)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)
+
+
+@pytest.fixture
+def owner() -> pwd.struct_passwd:
+    try:
+        return pwd.getpwnam(OWNER)
+    except KeyError:
+        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                        OWNER], check=True)
+        return pwd.getpwnam(OWNER)
+
+
+def owned_tree(base: Path, user: pwd.struct_passwd) -> tuple[Path, Path]:
+    """A state dir owned by user, and a copy of the examples it can read."""
+    state = base / "state"
+    state.mkdir()
+    os.chown(state, user.pw_uid, user.pw_gid)
+    src = base / "src"
+    shutil.copytree(EXAMPLES, src)
+    for dirpath, _dirs, _files in os.walk(src):
+        os.chmod(dirpath, 0o755)
+    return state, src

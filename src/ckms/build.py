@@ -8,18 +8,25 @@ holding a fresh copy of the source; it becomes the *built* state with one
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import json
 import os
 import shlex
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Dict, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 from .context import Context
-from .errors import BuildFailed, CkmsError, ConfigError, StateError
+from .errors import BuildFailed, CkmsError, ConfigError, Skipped
+from .jobs import JobServer
 from .kernel import Kernel
-from .model import BoolSpec, Package, ShellBool
+from .model import BoolSpec, Package, ShellBool, version_key
 from .run import base_env, run_logged, run_quiet, tail
+
+FINGERPRINT = ".ckms-build.json"  # in the built dir: what the build was made from
+Progress = Callable[[str], None]  # told each phase of a build as it starts
 
 BUILD_HOOKS = ("configure", "pre_build", "build", "post_build")
 
@@ -51,6 +58,7 @@ def hook_env(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
         "CKMS_JOBS": str(cfg.jobs),
         "CKMS_MAKE_ARGS": " ".join(a for a in make_args if a),
         "CKMS_STATEDIR": str(cfg.statedir),
+        "CKMS_SOURCE_DIR": str(ctx.tree.verdir(pkg.name, pkg.version) / "source"),
         "CKMS_DESTDIR": str(cfg.destdir),
     })
     if ctx.depmod and ctx.real_destdir:
@@ -62,9 +70,10 @@ def hook_env(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
     return env
 
 
-def default_build_command(kernel: Kernel, jobs: int) -> str:
-    return (f'${{MAKE}} -j{jobs} -C "${{CKMS_KERNEL_HDRDIR}}" M="$PWD" '
-            f'KERNELRELEASE="${{CKMS_KERNEL_VERSION}}" ${{CKMS_MAKE_ARGS}} modules')
+def default_build_command() -> str:
+    """kbuild; the number of jobs comes from ckms's jobserver through MAKEFLAGS."""
+    return ('${MAKE} -C "${CKMS_KERNEL_HDRDIR}" M="$PWD" '
+            'KERNELRELEASE="${CKMS_KERNEL_VERSION}" ${CKMS_MAKE_ARGS} modules')
 
 
 def evaluate(spec: BoolSpec, cwd: Path, env: Dict[str, str]) -> bool:
@@ -80,18 +89,73 @@ def signing_key(ctx: Context, kernel: Kernel) -> Optional[Tuple[Path, Path]]:
     return kernel.own_signing_key()
 
 
-def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False) -> Path:
-    """Build pkg for kernel (the caller holds the tree's lock). Returns the built dir."""
+def check_gates(ctx: Context, pkg: Package, kernel: Kernel) -> None:
+    """Raise Skipped when the package is not for this kernel."""
+    kver = kernel.version
+    marker = ctx.tree.modules_root / kver / "ckms-disable" / pkg.name / pkg.version
+    if ctx.tree.is_disabled(pkg.name, pkg.version, kver):
+        raise Skipped(f"{pkg.ref} is disabled for {kver} ({marker})")
+    why = pkg.exclusive.why_not(kver, kernel.machine, kernel.config)
+    if why:
+        raise Skipped(f"{pkg.ref} is not for this kernel (BUILD_EXCLUSIVE): {why}")
+    if pkg.obsolete_by and version_key(kver) >= version_key(pkg.obsolete_by):
+        raise Skipped(f"{pkg.ref} is obsolete from kernel {pkg.obsolete_by} on "
+                      f"(OBSOLETE_BY): {kver} has it built in")
+
+
+def fingerprint(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
+    """Digests of everything a build depends on, by part."""
+    cfg = ctx.config
+    settings = repr((pkg, cfg.strip, cfg.make_build_args, sorted(cfg.build_env.items()),
+                     cfg.sign_key, cfg.sign_cert, kernel.make_args()))
+    compiler = kernel.config.get("CONFIG_CC_VERSION_TEXT", "gcc").split(" ", 1)[0]
+    tools = [_stat_tool(t) for t in (compiler, "ld", resolve_make_quiet(pkg.make), "strip")]
+    return {
+        "source": _tree_digest(ctx.tree.source(pkg.name, pkg.version)),
+        "definition": _digest(settings.encode()),
+        "kernel headers": _digest(b"".join(_read(kernel.hdrdir / f) for f in
+                                           (".config", "Module.symvers", "Makefile"))),
+        "toolchain": _digest("\n".join(tools).encode()),
+    }
+
+
+def stored_fingerprint(built: Path) -> Optional[Dict[str, str]]:
+    """The fingerprint a build was made with (None for builds made by DKMS)."""
+    try:
+        data = json.loads((built / FINGERPRINT).read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def outdated(built: Path, current: Dict[str, str]) -> list[str]:
+    """What changed since the build at built was made ([] when it is up to date)."""
+    old = stored_fingerprint(built)
+    if old is None:
+        return []  # made by DKMS or an older ckms: nothing to compare, keep it
+    return [part for part, digest in current.items() if old.get(part) != digest]
+
+
+def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False,
+          jobserver: Optional[JobServer] = None, progress: Optional[Progress] = None) -> Path:
+    """Build pkg for kernel (the caller holds the tree's lock). Returns the built dir.
+
+    An existing build is kept when nothing it was made from changed (see
+    ``fingerprint``), else made again; ``force`` always builds again.
+    """
     tree, out = ctx.tree, ctx.out
     kver, arch = kernel.version, kernel.machine
     target = tree.builtdir(pkg.name, pkg.version, kver, arch)
-    if tree.is_disabled(pkg.name, pkg.version, kver):
-        raise StateError(f"{pkg.ref} is disabled for {kver} "
-                         f"({tree.modules_root / kver / 'ckms-disable' / pkg.name / pkg.version})")
-    if target.is_dir() and not force:
-        out.info(f"{pkg.ref} is already built for {kver}/{arch}")
-        return target
+    check_gates(ctx, pkg, kernel)
     kernel.require_headers()
+    prints = fingerprint(ctx, pkg, kernel)
+    if target.is_dir() and not force:
+        changed = outdated(target, prints)
+        if not changed:
+            out.info(f"{pkg.ref} is already built for {kver}/{arch}")
+            return target
+        out.info(f"the build of {pkg.ref} for {kver}/{arch} is out of date "
+                 f"({', '.join(changed)} changed): building again")
     source = tree.source(pkg.name, pkg.version)
     key = signing_key(ctx, kernel)
     sign_tool = kernel.sign_file() if key else None
@@ -99,6 +163,11 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False) -> Pa
         raise CkmsError(f"a signing key is configured but {kernel.hdrdir}/scripts/sign-file is "
                         "missing; install the linux-kbuild package of this kernel")
     env = hook_env(ctx, pkg, kernel)
+    own_jobs = None
+    if jobserver is None:
+        own_jobs = jobserver = JobServer(ctx.config.jobs)
+    env.update(jobserver.env())
+    tell = progress or (lambda phase: None)
 
     verdir = tree.verdir(pkg.name, pkg.version)
     work = Path(tempfile.mkdtemp(prefix=f".build-{kver}-{arch}-", dir=verdir))
@@ -106,37 +175,48 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False) -> Pa
     builddir, logdir, moddir = work / "build", work / "log", work / "module"
     out.info(f"building {pkg.ref} for {kver}/{arch}")
     try:
-        shutil.copytree(source, builddir, symlinks=True)
-        logdir.mkdir()
-        moddir.mkdir()
-        for hook in BUILD_HOOKS:
-            cmd = pkg.hooks.get(hook)
-            if hook == "build" and cmd is None:
-                cmd = default_build_command(kernel, ctx.config.jobs)
-            if cmd is None:
-                continue
-            out.info(f"running {hook}...")
-            log = logdir / f"{hook}.log"
-            rc = run_logged(cmd, cwd=builddir, env=env, log=log, echo=out.echo())
-            if rc != 0:
-                raise BuildFailed(f"{hook} of {pkg.ref} for {kver} failed (exit status {rc}); "
-                                  f"last lines of {log}:\n{tail(log)}", str(log))
-        for mod in pkg.modules:
-            built = builddir / mod.location / f"{mod.name}.ko"
-            real = Path(os.path.realpath(built))
-            if not built.is_file() or not real.is_relative_to(builddir.resolve()):
-                raise BuildFailed(f"{pkg.ref}: the build produced no {mod.location}/{mod.name}.ko "
-                                  f"for {kver}; see the logs in {logdir}", str(logdir))
-            dest = moddir / f"{mod.name}.ko"
-            shutil.copyfile(real, dest)
-            os.chmod(dest, 0o644)
-            do_strip = evaluate(mod.strip if mod.strip is not None else pkg.strip, builddir, env)
-            if do_strip:
-                _tool(shlex.split(ctx.config.strip) + [str(dest)], "strip", pkg, kver, logdir, env)
-            if key and sign_tool:
-                _tool([str(sign_tool), kernel.sig_hash, str(key[0]), str(key[1]), str(dest)],
-                      "sign", pkg, kver, logdir, env)
-        shutil.rmtree(builddir)
+        with (jobserver.slot() if own_jobs else contextlib.nullcontext()):
+            tell("copy")
+            shutil.copytree(source, builddir, symlinks=True)
+            logdir.mkdir()
+            moddir.mkdir()
+            for patch in pkg.patches:
+                tell("patch")
+                _tool(["patch", "-p1", "-N", "-i", str(builddir / patch)], "patch", pkg, kver,
+                      logdir, env, cwd=builddir)
+            for hook in BUILD_HOOKS:
+                cmd = pkg.hooks.get(hook)
+                if hook == "build" and cmd is None:
+                    cmd = default_build_command()
+                if cmd is None:
+                    continue
+                tell(hook)
+                out.info(f"running {hook}...")
+                log = logdir / f"{hook}.log"
+                rc = run_logged(cmd, cwd=builddir, env=env, log=log, echo=out.echo(),
+                                pass_fds=jobserver.fds)
+                if rc != 0:
+                    raise BuildFailed(f"{hook} of {pkg.ref} for {kver} failed (exit status {rc}); "
+                                      f"last lines of {log}:\n{tail(log)}", str(log))
+            tell("collect")
+            for mod in pkg.modules:
+                built = builddir / mod.location / f"{mod.name}.ko"
+                real = Path(os.path.realpath(built))
+                if not built.is_file() or not real.is_relative_to(builddir.resolve()):
+                    raise BuildFailed(f"{pkg.ref}: the build produced no {mod.location}/{mod.name}.ko "
+                                      f"for {kver}; see the logs in {logdir}", str(logdir))
+                dest = moddir / f"{mod.dest_name}.ko"  # DKMS's layout: named as installed
+                shutil.copyfile(real, dest)
+                os.chmod(dest, 0o644)
+                do_strip = evaluate(mod.strip if mod.strip is not None else pkg.strip, builddir, env)
+                if do_strip:
+                    _tool(shlex.split(ctx.config.strip) + [str(dest)], "strip", pkg, kver, logdir, env)
+                if key and sign_tool:
+                    tell("sign")
+                    _tool([str(sign_tool), kernel.sig_hash, str(key[0]), str(key[1]), str(dest)],
+                          "sign", pkg, kver, logdir, env)
+            shutil.rmtree(builddir)
+            (work / FINGERPRINT).write_text(json.dumps(prints, indent=1) + "\n")
     except BaseException as exc:
         failed = tree.faileddir(pkg.name, pkg.version, kver, arch)
         _replace_dir(work, failed)
@@ -144,6 +224,9 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False) -> Pa
             logpath = (exc.logdir or "").replace(str(work), str(failed))
             raise BuildFailed(str(exc).replace(str(work), str(failed)), logpath) from None
         raise
+    finally:
+        if own_jobs:
+            own_jobs.close()
     target.parent.mkdir(exist_ok=True)
     _replace_dir(work, target)
     shutil.rmtree(tree.faileddir(pkg.name, pkg.version, kver, arch), ignore_errors=True)
@@ -152,9 +235,9 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False) -> Pa
 
 
 def _tool(argv: list[str], what: str, pkg: Package, kver: str, logdir: Path,
-          env: Dict[str, str]) -> None:
+          env: Dict[str, str], cwd: Optional[Path] = None) -> None:
     log = logdir / f"{what}.log"
-    rc = run_logged(argv, cwd=logdir, env=env, log=log)
+    rc = run_logged(argv, cwd=cwd or logdir, env=env, log=log)
     if rc != 0:
         raise BuildFailed(f"{what} failed for {pkg.ref} on {kver} (exit status {rc}); "
                           f"see {log}:\n{tail(log)}", str(logdir))
@@ -169,3 +252,52 @@ def _replace_dir(src: Path, dst: Path) -> None:
         shutil.rmtree(trash, ignore_errors=True)
     else:
         os.rename(src, dst)
+
+
+def resolve_make_quiet(make: str) -> str:
+    try:
+        return resolve_make(make)
+    except ConfigError:
+        return make
+
+
+def _stat_tool(name: str) -> str:
+    """A tool's identity, cheaply: its real path, size and mtime."""
+    found = shutil.which(name)
+    if not found:
+        return f"{name}: missing"
+    real = os.path.realpath(found)
+    st = os.stat(real)
+    return f"{name}: {real} {st.st_size} {st.st_mtime_ns}"
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError:
+        return b""
+
+
+def _tree_digest(top: Path) -> str:
+    """Digest of a source tree: every path, file mode, content and link target."""
+    h = hashlib.sha256()
+    base = str(top.resolve())
+    for dirpath, dirs, files in os.walk(base):
+        dirs.sort()
+        for name in sorted(files + [d for d in dirs if os.path.islink(os.path.join(dirpath, d))]):
+            path = os.path.join(dirpath, name)
+            rel = os.path.relpath(path, base)
+            st = os.lstat(path)
+            h.update(f"{rel}\0{st.st_mode:o}\0".encode())
+            if os.path.islink(path):
+                h.update(os.readlink(path).encode())
+            elif os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    for chunk in iter(lambda: fh.read(1 << 20), b""):
+                        h.update(chunk)
+            h.update(b"\0")
+    return h.hexdigest()

@@ -58,3 +58,9 @@ class BuildFailed(CkmsError):
     def __init__(self, message: str, logdir: str | None = None) -> None:
         super().__init__(message)
         self.logdir = logdir
+
+
+class Skipped(CkmsError):
+    """The package is not for this kernel (BUILD_EXCLUSIVE, OBSOLETE_BY, disabled)."""
+
+    code = 9

@@ -84,7 +84,7 @@ class Transaction:
         files: List[Tuple[str, str]] = []
         backups: List[Tuple[str, str]] = []
         for mod in pkg.modules:
-            src = built / "module" / f"{mod.name}.ko"
+            src = built / "module" / f"{mod.dest_name}.ko"
             if not src.is_file():
                 raise StateError(f"{src} is missing: the build of {pkg.ref} is damaged; "
                                  f"'ckms -k {kver} clean {pkg.ref}' and build again")

@@ -12,7 +12,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Optional, Tuple, Union
+from typing import List, Mapping, Optional, Tuple, Union
 
 from .errors import ConfigError, UsageError
 
@@ -27,6 +27,7 @@ _MODULE_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]*$")
 _KVER_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+~-]*$")
 
 HOOKS = (
+    "post_add",
     "configure",
     "pre_build",
     "build",
@@ -83,6 +84,22 @@ def check_relpath(path: str, what: str) -> str:
     return norm
 
 
+def version_key(version: str) -> Tuple[object, ...]:
+    """Sort key putting 1.10 after 1.9."""
+    parts: List[object] = []
+    num = ""
+    for ch in version + "\0":
+        if ch.isdigit():
+            num += ch
+            continue
+        if num:
+            parts.append((0, int(num)))
+            num = ""
+        if ch != "\0":
+            parts.append((1, ch))
+    return tuple(parts)
+
+
 def parse_package_ref(ref: str) -> Tuple[str, Optional[str]]:
     """Split ``NAME=VERSION`` (or ``NAME`` alone) and validate both parts."""
     name, sep, version = ref.partition("=")
@@ -130,6 +147,42 @@ class Module:
 
 
 @dataclass(frozen=True)
+class Exclusive:
+    """The kernels a package is for (DKMS's ``BUILD_EXCLUSIVE_*``); empty: all."""
+
+    kernel: str = ""  # regular expression searched in the kernel version
+    kernel_min: str = ""  # lowest kernel version (inclusive)
+    kernel_max: str = ""  # highest kernel version (inclusive)
+    arch: str = ""  # regular expression searched in the machine name
+    config: Tuple[str, ...] = ()  # CONFIG_FOO: must be y or m; !CONFIG_FOO: must not
+
+    def __post_init__(self) -> None:
+        for what, rx in (("BUILD_EXCLUSIVE_KERNEL", self.kernel), ("BUILD_EXCLUSIVE_ARCH", self.arch)):
+            try:
+                re.compile(rx)
+            except re.error as exc:
+                raise ConfigError(f"{what}: invalid regular expression {rx!r}: {exc}") from None
+
+    def why_not(self, kver: str, machine: str, config: Mapping[str, str]) -> Optional[str]:
+        """Why the kernel is excluded, or None when the package is for it."""
+        if self.kernel and not re.search(self.kernel, kver):
+            return f"kernel {kver} does not match {self.kernel!r}"
+        if self.kernel_min and version_key(kver) < version_key(self.kernel_min):
+            return f"kernel {kver} is older than {self.kernel_min}"
+        if self.kernel_max and version_key(kver) > version_key(self.kernel_max):
+            return f"kernel {kver} is newer than {self.kernel_max}"
+        if self.arch and not re.search(self.arch, machine):
+            return f"architecture {machine} does not match {self.arch!r}"
+        for opt in self.config:
+            negate = opt.startswith("!")
+            name = opt.lstrip("!")
+            enabled = config.get(name) in ("y", "m")
+            if enabled == negate:
+                return f"kernel {kver} has {name} {'set' if enabled else 'unset'}"
+        return None
+
+
+@dataclass(frozen=True)
 class Package:
     """A versioned collection of kernel modules and the recipe to build them."""
 
@@ -143,6 +196,12 @@ class Package:
     autoinstall: bool = False
     hooks: Mapping[str, str] = field(default_factory=dict)
     build_depends: Tuple[str, ...] = ()
+    build_depends_rebuild: bool = False  # rebuild when a BUILD_DEPENDS package changes
+    exclusive: Exclusive = Exclusive()
+    patches: Tuple[str, ...] = ()  # patch files relative to the source, applied with -p1
+    obsolete_by: str = ""  # a kernel version from which on the kernel has this itself
+    no_weak_modules: bool = False  # accepted for DKMS; ckms never makes weak modules
+    fmt: str = "ckms.ini"  # the definition format: "ckms.ini" or "dkms.conf"
 
     def __post_init__(self) -> None:
         check_name(self.name)

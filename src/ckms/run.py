@@ -27,12 +27,14 @@ def base_env() -> Dict[str, str]:
 
 
 def run_logged(cmd: Cmd, *, cwd: Path, env: Mapping[str, str], log: Path,
-               echo: Optional[IO[str]] = None, as_ids: Optional[Tuple[int, int]] = None) -> int:
+               echo: Optional[IO[str]] = None, as_ids: Optional[Tuple[int, int]] = None,
+               pass_fds: Sequence[int] = ()) -> int:
     """Run cmd (a shell string for /bin/sh, or an argv); log all its output.
 
     The output goes to ``log`` and, when ``echo`` is given, to it as well.
     With ``as_ids`` (uid, gid) it runs as that user, with no supplementary
-    groups.  Returns the exit status (negative for a signal).
+    groups.  ``pass_fds`` stay open in the child (a make jobserver's pipe).
+    Returns the exit status (negative for a signal).
     """
     argv: List[str] = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else [str(c) for c in cmd]
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -44,7 +46,7 @@ def run_logged(cmd: Cmd, *, cwd: Path, env: Mapping[str, str], log: Path,
                                              "extra_groups": [], "umask": 0o022}
             proc = subprocess.Popen(argv, cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    **ids)  # type: ignore[call-overload]
+                                    pass_fds=tuple(pass_fds), **ids)  # type: ignore[call-overload]
         except OSError as exc:
             logfh.write(f"cannot run: {exc}\n".encode())
             raise CkmsError(f"cannot run {argv[0]}: {exc.strerror}") from None

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Optional, Set, Tuple
 
 from .errors import LockTimeout, StateError
+from .model import version_key
 from .privileges import chown_to_owner
 
 STATES = ("added", "built", "installed", "failed", "disabled", "built+disabled")
@@ -78,7 +79,9 @@ class Tree:
         return self.root / name / f".txn-{kver}-{arch}.json"
 
     def definition(self, name: str, version: str) -> Path:
-        return self.verdir(name, version) / "ckms.ini"
+        """The package's definition: the ckms.ini copy, else (as DKMS) source/dkms.conf."""
+        ini = self.verdir(name, version) / "ckms.ini"
+        return ini if ini.is_file() else self.verdir(name, version) / "source" / "dkms.conf"
 
     # ----- queries ---------------------------------------------------------
     def require_root(self) -> None:
@@ -261,7 +264,9 @@ class Tree:
             os.close(fd)
 
     # ----- add / remove / clean -------------------------------------------
-    def add(self, name: str, version: str, srcdir: Path, definition: Path) -> None:
+    def add(self, name: str, version: str, srcdir: Path, definition: Path,
+            copy_definition: bool = True) -> None:
+        """Register srcdir; a ckms.ini is kept as a copy, a dkms.conf is read from the source."""
         verdir = self.verdir(name, version)
         if self.is_added(name, version):
             raise StateError(f"{name}={version} is already added "
@@ -271,13 +276,15 @@ class Tree:
         stage = Path(_mkdtemp(pkgdir, f".add-{version}-"))
         try:
             os.symlink(srcdir, stage / "source")
-            shutil.copyfile(definition, stage / "ckms.ini")
+            if copy_definition:
+                shutil.copyfile(definition, stage / "ckms.ini")
             os.chmod(stage, 0o755)
             if verdir.exists():
                 # kernel dirs left from an earlier life of this version: keep
                 # them, publish only the new source link and definition
                 for entry in ("source", "ckms.ini"):
-                    os.replace(stage / entry, verdir / entry)
+                    if os.path.lexists(stage / entry):
+                        os.replace(stage / entry, verdir / entry)
                 shutil.rmtree(stage)
             else:
                 os.rename(stage, verdir)
@@ -325,22 +332,6 @@ class Tree:
 def _subdirs(path: Path) -> List[os.DirEntry[str]]:
     with os.scandir(path) as it:
         return [e for e in it if not e.name.startswith(".") and e.is_dir(follow_symlinks=False)]
-
-
-def version_key(version: str) -> Tuple[object, ...]:
-    """Sort key putting 1.10 after 1.9."""
-    parts: List[object] = []
-    num = ""
-    for ch in version + "\0":
-        if ch.isdigit():
-            num += ch
-            continue
-        if num:
-            parts.append((0, int(num)))
-            num = ""
-        if ch != "\0":
-            parts.append((1, ch))
-    return tuple(parts)
 
 
 def _mkdtemp(parent: Path, prefix: str) -> str:

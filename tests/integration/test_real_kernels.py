@@ -12,21 +12,29 @@ import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 import pytest
 
 from ckms.kernel import Kernel
-from tests.conftest import EXAMPLES, ROOT, RunCkms, ckms_env, needs_root, real_kernels, run_ckms_cmd
+from tests.conftest import (
+    EXAMPLES,
+    OWNER,
+    ROOT,
+    RunCkms,
+    ckms_env,
+    needs_root,
+    owned_tree,
+    real_kernels,
+    run_ckms_cmd,
+)
 
 pytestmark = [pytest.mark.integration,
               pytest.mark.skipif(len(real_kernels()) < 2, reason="needs two kernels with headers")]
 
 KERNELS = real_kernels()
 NEWEST = KERNELS[-1] if KERNELS else ""
-OWNER = "ckms-test"
 
 
 def suffix(kver: str) -> str:
@@ -149,37 +157,6 @@ def test_signed_module_verifies_against_its_certificate(ckms: RunCkms, tmp_path:
 
 
 # ----- as root: the real module dir, privilege drop, a killed install ----------
-
-@pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A world-traversable scratch dir (pytest's tmp dirs are root-only)."""
-    d = Path(tempfile.mkdtemp(prefix="ckms-it-", dir="/var/tmp"))
-    os.chmod(d, 0o755)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
-
-
-@pytest.fixture
-def owner() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(OWNER)
-    except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
-                        OWNER], check=True)
-        return pwd.getpwnam(OWNER)
-
-
-def owned_tree(base: Path, user: pwd.struct_passwd) -> tuple[Path, Path]:
-    """A state dir owned by user, and a copy of the examples it can read."""
-    state = base / "state"
-    state.mkdir()
-    os.chown(state, user.pw_uid, user.pw_gid)
-    src = base / "src"
-    shutil.copytree(EXAMPLES, src)
-    for dirpath, _dirs, _files in os.walk(src):
-        os.chmod(dirpath, 0o755)
-    return state, src
-
 
 @needs_root
 def test_build_as_root_drops_to_the_state_owner(shared_dir: Path, owner: pwd.struct_passwd) -> None:

@@ -125,7 +125,7 @@ def test_real_files_add_through_the_cli(name: str, tmp_path: Path, ckms: RunCkms
 
 
 def test_find_definition(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="no ckms.ini found"):
+    with pytest.raises(ConfigError, match="no ckms.ini or dkms.conf found"):
         find_definition(tmp_path)
     path = write(tmp_path, MINIMAL)
     assert find_definition(tmp_path) == path

@@ -34,7 +34,7 @@ def test_documented_codes_match_the_error_classes() -> None:
     classes = {cls.code for cls in vars(errors).values()
                if isinstance(cls, type) and issubclass(cls, errors.CkmsError)}
     assert set(documented) == classes | {0}
-    assert sorted(documented) == list(range(9))
+    assert sorted(documented) == list(range(10))
 
 
 def test_help_documents_the_codes() -> None:
@@ -109,6 +109,16 @@ def build_failed(tmp: Path, ckms: RunCkms,
     return proc, ["build of foo=1.0 for " + KVER + " failed", "the compiler said no", ".failed-"]
 
 
+def skipped(tmp: Path, ckms: RunCkms,
+            statedir: Path) -> Tuple[subprocess.CompletedProcess[str], List[str]]:
+    hdr = added(tmp, ckms, ini_with("printf fake > foo.ko"))
+    marker = tmp / "modules" / KVER / "ckms-disable" / "foo" / "1.0"
+    marker.mkdir(parents=True)
+    return (ckms("build", "foo=1.0", "-k", KVER, "--hdrdir", str(hdr), "-d", str(tmp / "modules"),
+                 check=None),
+            ["foo=1.0 is disabled for " + KVER, str(marker)])
+
+
 @contextlib.contextmanager
 def world_readable_statedir() -> Iterator[Path]:
     """A state dir another user can reach (pytest's tmp dirs are root-only)."""
@@ -168,6 +178,7 @@ SCENARIOS: Dict[int, Scenario] = {
     6: needs_root,
     7: lock_timeout,
     8: build_failed,
+    9: skipped,
 }
 
 
