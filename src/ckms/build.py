@@ -108,8 +108,10 @@ def fingerprint(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
     cfg = ctx.config
     settings = repr((pkg, cfg.strip, cfg.make_build_args, sorted(cfg.build_env.items()),
                      cfg.sign_key, cfg.sign_cert, kernel.make_args()))
-    compiler = kernel.config.get("CONFIG_CC_VERSION_TEXT", "gcc").split(" ", 1)[0]
-    tools = [_stat_tool(t) for t in (compiler, "ld", resolve_make_quiet(pkg.make), "strip")]
+    clang = kernel.config.get("CONFIG_CC_IS_CLANG") == "y"
+    compiler = "clang" if clang else kernel.config.get("CONFIG_CC_VERSION_TEXT", "gcc").split(" ", 1)[0]
+    linker = "ld.lld" if kernel.config.get("CONFIG_LD_IS_LLD") == "y" else "ld"
+    tools = [_stat_tool(t) for t in (compiler, linker, resolve_make_quiet(pkg.make), "strip")]
     return {
         "source": _tree_digest(ctx.tree.source(pkg.name, pkg.version)),
         "definition": _digest(settings.encode()),

@@ -15,7 +15,7 @@ from . import __version__
 from .build import build, hook_env
 from .config import DEFAULT_CONFIG, load_config
 from .context import Context
-from .errors import CkmsError, Skipped, StateError, UsageError
+from .errors import CkmsError, ConfigError, StateError, UsageError
 from .formats import LoadOptions, find_definition, load_definition
 from .install import Transaction
 from .kernel import COMPRESSIONS, MODULES_ROOT, Kernel
@@ -126,9 +126,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
     # hooks and tools run in other directories: make the paths absolute
     cfg = cfg.with_options(statedir=cfg.statedir.absolute(), destdir=cfg.destdir.absolute())
     out.quiet = cfg.quiet
-    tree = Tree(cfg.statedir, modules_root=cfg.destdir)  # disable markers live in the destdir
-    tree.require_root()
-    ctx = Context(cfg, tree, out, depmod=not args.no_depmod)
     cmd = args.command
     opts = LoadOptions(dkms_tree=cfg.statedir, install_tree=cfg.destdir)
     kvers = args.kernver or []
@@ -136,6 +133,16 @@ def run(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"'{cmd}' takes one -k KVER")
     if args.dry_run and cmd not in DRY_RUN:
         raise UsageError(f"'{cmd}' has no --dry-run")
+    if args.hdrdir and cmd in ("autoinstall", "kernel-removed", "prune"):
+        raise UsageError(f"'{cmd}' builds against each kernel's own headers: drop --hdrdir")
+    if cmd == "convert":  # needs no state tree
+        if len(args.args) != 1:
+            raise UsageError("'convert' takes one argument: PATH")
+        return convert(Path(args.args[0]), args.modconf,
+                       dataclasses.replace(opts, kernel=Kernel.find(kvers[0] if kvers else None)), out)
+    tree = Tree(cfg.statedir, modules_root=cfg.destdir)  # disable markers live in the destdir
+    tree.require_root()
+    ctx = Context(cfg, tree, out, depmod=not args.no_depmod)
 
     if cmd in ("status", "plain-status"):
         return status(ctx, args)
@@ -146,7 +153,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
         raise UsageError(f"'{cmd}' takes one argument: {COMMANDS[cmd].split()[0]}")
     arg = args.args[0]
 
-    if cmd in ("install", "uninstall") and ctx.real_destdir:
+    if cmd in ("install", "uninstall") and ctx.real_destdir and not args.dry_run:
         Transaction(ctx).require_rights()
     else:
         drop_to_owner(cfg.statedir)
@@ -162,7 +169,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
             raise StateError(f"{path} defines {pkg.ref}, not {name}={version}")
         return pkg
 
-    if cmd in ("add", "convert"):
+    if cmd == "add":
         src = Path(arg)
         if not src.is_dir():
             raise UsageError(f"{arg} is not a directory")
@@ -173,8 +180,6 @@ def run(args: argparse.Namespace, out: Output) -> int:
         if pkg.fmt == "dkms.conf" and definition != src / "dkms.conf":
             raise UsageError(f"a dkms.conf is read from its source tree: copy {definition} "
                              f"to {src}/dkms.conf")
-        if cmd == "convert":
-            return convert(pkg, definition, out)
         with tree.locked(cfg.lock_timeout, out.info):
             tree.add(pkg.name, pkg.version, src, definition,
                      copy_definition=pkg.fmt == "ckms.ini")
@@ -193,11 +198,7 @@ def run(args: argparse.Namespace, out: Output) -> int:
     with tree.locked(cfg.lock_timeout, out.info):
         if cmd == "build":
             assert version is not None
-            try:
-                build(ctx, load(name, version), kernel, force=args.force)
-            except Skipped as exc:
-                out.info(str(exc))
-                raise
+            build(ctx, load(name, version), kernel, force=args.force)
         elif cmd in ("install", "uninstall"):
             txn = Transaction(ctx)
             try:
@@ -343,8 +344,15 @@ def post_add(ctx: Context, pkg: Package, kernel: Kernel) -> None:
                      f"log: {log}\n{tail(log)}")
 
 
-def convert(pkg: Package, definition: Path, out: Output) -> int:
+def convert(src: Path, modconf: Optional[Path], opts: LoadOptions, out: Output) -> int:
+    """Print a ckms.ini equivalent to the dkms.conf of src, for the kernel of opts."""
     from .formats.convert import to_ckms_ini
+    if not src.is_dir():
+        raise UsageError(f"{src} is not a directory")
+    definition = modconf.resolve() if modconf else src.resolve() / "dkms.conf"
+    if not definition.is_file():
+        raise ConfigError(f"{src}: no dkms.conf found; pass the definition with -c FILE")
+    pkg = load_definition(definition, out.warn, opts)
     text, problems = to_ckms_ini(pkg)
     sys.stdout.write(text)
     for problem in problems:

@@ -47,6 +47,7 @@ class Transaction:
         self.done: Dict[str, List[Tuple[str, Package, Kernel]]] = {}
         self.kernels: Dict[str, Kernel] = {}
         self.initramfs: Set[str] = set()
+        self.rolled_back: Set[str] = set()  # kernels whose changes depmod made finish() undo
 
     # ----- checks -----------------------------------------------------------
     def require_rights(self) -> None:
@@ -257,6 +258,7 @@ class Transaction:
             ok, log = self._depmod(kernel)
             if not ok:
                 failures.append(f"depmod failed for {kver}:\n{log}")
+                self.rolled_back.add(kver)
                 self._roll_back(kver)
                 self._depmod(kernel)
                 continue

@@ -142,6 +142,9 @@ def plan(ctx: Context, kernels: List[Kernel], load: LoadFor, force: bool) -> Tup
                 if not pkg.autoinstall:
                     continue
                 check_gates(ctx, pkg, kernel)
+                built = ctx.tree.builtdir(name, version, kver, kernel.machine)
+                need_build = (force or not built.is_dir()
+                              or bool(outdated(built, fingerprint(ctx, pkg, kernel))))
             except Skipped as exc:
                 row.result, row.detail = SKIPPED, str(exc)
                 summary.rows.append(row)
@@ -151,8 +154,6 @@ def plan(ctx: Context, kernels: List[Kernel], load: LoadFor, force: bool) -> Tup
                 summary.rows.append(row)
                 continue
             installed = ctx.tree.installed_version(name, kver, kernel.machine)
-            built = ctx.tree.builtdir(name, version, kver, kernel.machine)
-            need_build = force or not built.is_dir() or bool(outdated(built, fingerprint(ctx, pkg, kernel)))
             if not need_build and installed == version:
                 row.result = UP_TO_DATE
                 summary.rows.append(row)
@@ -355,7 +356,7 @@ def install_all(ctx: Context, jobs: List[Job], load: LoadFor) -> None:
         except CkmsError as exc:
             ctx.out.error(str(exc))
             for job in jobs:
-                if job.row.result == done_text(job) and job.kernel.version in str(exc):
+                if job.row.result == done_text(job) and job.kernel.version in txn.rolled_back:
                     job.row.result, job.row.detail = FAILED, "depmod failed; rolled back"
 
 

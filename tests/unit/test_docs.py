@@ -214,8 +214,8 @@ def test_every_hook_variable_is_documented(full_hook_env: Dict[str, str]) -> Non
 
 
 def test_default_build_is_documented() -> None:
-    kernel = Kernel.find("6.0.0-doc")
-    cmd = default_build_command(kernel, 7).replace("-j7", "-jN")
+    cmd = default_build_command()
+    assert "-j" not in cmd  # the jobs come from ckms's jobserver, through MAKEFLAGS
     assert cmd in literal_blocks(section("ckms.ini.5", "DEFAULT BUILD"))[0]
     assert cmd in plain(section("ckms.8", "BUILDING")).replace("\n  ", " ")
 
