@@ -346,14 +346,13 @@ def post_add(ctx: Context, pkg: Package, kernel: Kernel) -> None:
 
 def convert(src: Path, modconf: Optional[Path], opts: LoadOptions, out: Output) -> int:
     """Print a ckms.ini equivalent to the dkms.conf of src, for the kernel of opts."""
-    from .formats.convert import to_ckms_ini
+    from .formats.convert import convert as convert_dkms_conf
     if not src.is_dir():
         raise UsageError(f"{src} is not a directory")
     definition = modconf.resolve() if modconf else src.resolve() / "dkms.conf"
     if not definition.is_file():
         raise ConfigError(f"{src}: no dkms.conf found; pass the definition with -c FILE")
-    pkg = load_definition(definition, out.warn, opts)
-    text, problems = to_ckms_ini(pkg)
+    text, problems = convert_dkms_conf(definition, out.warn, opts)
     sys.stdout.write(text)
     for problem in problems:
         out.warn(f"{definition}: not converted: {problem}")

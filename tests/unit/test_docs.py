@@ -33,7 +33,8 @@ from ckms.tree import STATES, Tree
 from ckms.ui import Output
 
 MAN = Path(__file__).resolve().parent.parent.parent / "man"
-PAGES = {"ckms.8": "ckms(8)", "ckms.ini.5": "ckms.ini(5)", "ckms-config.ini.5": "ckms-config.ini(5)"}
+PAGES = {"ckms.8": "ckms(8)", "ckms.ini.5": "ckms.ini(5)", "ckms-config.ini.5": "ckms-config.ini(5)",
+         "ckms-dkms.conf.5": "ckms-dkms.conf(5)", "ckms-dkms.8": "ckms-dkms(8)"}
 
 
 # ----- reading scdoc sources ---------------------------------------------------

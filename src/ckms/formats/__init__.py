@@ -34,6 +34,8 @@ class LoadOptions:
     etc_dir: Path = Path("/etc/dkms")  # per-module override files <module>.conf...
     run_as: Optional[Tuple[int, int]] = None  # (uid, gid); None: the tree's owner, never root
     timeout: float = 30.0
+    os_root: Path = Path("/")  # where etc/os-release says which distribution DKMS would see
+    directives: Tuple[Tuple[str, str], ...] = ()  # (NAME or NAME[i], value): dkms --directive
 
 
 def find_definition(srcdir: Path) -> Path:
