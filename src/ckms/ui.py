@@ -18,6 +18,7 @@ class Output:
         self.stream = stream
         self.errstream = errstream
         self.prog = prog
+        self._warned: set[str] = set()  # a definition read for each kernel warns once
 
     def _paint(self, text: str, code: str) -> str:
         return f"\033[{code}m{text}\033[m" if self.color else text
@@ -27,6 +28,9 @@ class Output:
         self.stream.flush()
 
     def warn(self, msg: str) -> None:
+        if msg in self._warned:
+            return
+        self._warned.add(msg)
         self.stream.flush()
         self.errstream.write(self._paint(f"{self.prog}: warning: {msg}", "1;33") + "\n")
         self.errstream.flush()
