@@ -336,7 +336,7 @@ def post_add(ctx: Context, pkg: Package, kernel: Kernel) -> None:
     cmd = pkg.hooks.get("post_add")
     if cmd is None:
         return
-    log = ctx.tree.verdir(pkg.name, pkg.version) / "log" / "post_add.log"
+    log = ctx.tree.verdir(pkg.name, pkg.version) / ".post_add.log"  # DKMS takes dirs for kernels
     rc = run_logged(cmd, cwd=ctx.tree.source(pkg.name, pkg.version),
                     env=hook_env(ctx, pkg, kernel), log=log, echo=ctx.out.echo())
     if rc != 0:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import shutil
 import subprocess
 import tempfile
@@ -183,26 +184,30 @@ class Transaction:
         for mod in pkg.modules:
             for path in _variants(kdir / mod.dest_relpath):
                 path.unlink()
-        self._restore_originals(pkg.name, kernel)
+        self._restore_originals(pkg, kernel)
         for mod in pkg.modules:
             _prune_dirs((kdir / mod.dest_relpath).parent, kdir)
         tree.installed_link(pkg.name, kernel.version, kernel.machine).unlink(missing_ok=True)
         tree.journal(pkg.name, kernel.version, kernel.machine).unlink(missing_ok=True)
 
-    def _restore_originals(self, name: str, kernel: Kernel) -> None:
+    def _restore_originals(self, pkg: Package, kernel: Kernel) -> None:
+        """Put back every archived original module (see _original_place); prune the emptied archive."""
         tree, out = self.ctx.tree, self.ctx.out
-        base = tree.originals(name, kernel.version, kernel.machine)
+        base = tree.originals(pkg.name, kernel.version, kernel.machine)
         kdir = self.kernel_dir(kernel)
         if not base.is_dir():
             return
         for dirpath, _dirs, names in os.walk(base):
             for fname in names:
                 backup = Path(dirpath) / fname
-                rel = os.path.relpath(backup, base)
+                rel = _original_place(os.path.relpath(backup, base), pkg)
+                if rel is None:
+                    out.warn(f"kept {backup}: {pkg.ref} has no module called {fname}, so where "
+                             "it belongs is not known")
+                    continue
                 _move(backup, kdir / rel)
                 out.info(f"restored the original {rel}")
-        shutil.rmtree(base, ignore_errors=True)
-        tree.prune_package_dir(name)
+        tree.prune_package_dir(pkg.name)  # the emptied archive dirs
 
     # ----- recovery ---------------------------------------------------------
     def recover(self, name: str, kernel: Kernel, load: LoadPackage) -> None:
@@ -356,6 +361,25 @@ def _run_as_owner(cmd: str, cwd: Path, env: Dict[str, str], log: Path,
             os.chown(log.parent, uid, gid)
             ids = (uid, gid)
     return run_logged(cmd, cwd=cwd, env=env, log=log, echo=echo, as_ids=ids)
+
+
+def _original_place(rel: str, pkg: Package) -> Optional[str]:
+    """Where an archived original goes back, relative to the kernel's module dir.
+
+    ckms archives each original at its path under the kernel's module dir
+    (``extra/foo.ko``).  DKMS archives them flat (``foo.ko``) and puts one
+    back into its module's destination; it keeps same-named modules found
+    elsewhere under ``collisions/<their dir>/``, which go back there.
+    """
+    head, _, rest = rel.partition("/")
+    if head == "collisions" and rest:
+        return rest
+    if rest:
+        return rel
+    for mod in pkg.modules:
+        if any(rel == f"{mod.dest_name}.ko{sfx}" for sfx in SUFFIXES):
+            return posixpath.join(mod.dest, rel)
+    return None
 
 
 def _variants(base: Path) -> List[Path]:
