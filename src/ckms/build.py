@@ -21,9 +21,9 @@ from typing import Callable, Dict, Optional, Tuple
 from .context import Context
 from .errors import BuildFailed, CkmsError, ConfigError, Skipped
 from .jobs import JobServer
-from .kernel import Kernel
+from .kernel import COMPRESSIONS, Kernel
 from .model import BoolSpec, Package, ShellBool, version_key
-from .run import base_env, run_logged, run_quiet, tail
+from .run import base_env, recompressed, run_logged, run_quiet, tail
 
 FINGERPRINT = ".ckms-build.json"  # in the built dir: what the build was made from
 Progress = Callable[[str], None]  # told each phase of a build as it starts
@@ -89,6 +89,12 @@ def signing_key(ctx: Context, kernel: Kernel) -> Optional[Tuple[Path, Path]]:
     return kernel.own_signing_key()
 
 
+def module_suffix(ctx: Context, kernel: Kernel) -> str:
+    """How modules for kernel are stored: '', '.gz', '.xz' or '.zst'."""
+    comp = ctx.config.compression
+    return COMPRESSIONS[comp] if comp else kernel.compression()
+
+
 def check_gates(ctx: Context, pkg: Package, kernel: Kernel) -> None:
     """Raise Skipped when the package is not for this kernel."""
     kver = kernel.version
@@ -107,7 +113,7 @@ def fingerprint(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
     """Digests of everything a build depends on, by part."""
     cfg = ctx.config
     settings = repr((pkg, cfg.strip, cfg.make_build_args, sorted(cfg.build_env.items()),
-                     cfg.sign_key, cfg.sign_cert, kernel.make_args()))
+                     cfg.sign_key, cfg.sign_cert, kernel.make_args(), module_suffix(ctx, kernel)))
     clang = kernel.config.get("CONFIG_CC_IS_CLANG") == "y"
     compiler = "clang" if clang else kernel.config.get("CONFIG_CC_VERSION_TEXT", "gcc").split(" ", 1)[0]
     linker = "ld.lld" if kernel.config.get("CONFIG_LD_IS_LLD") == "y" else "ld"
@@ -170,6 +176,7 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False,
         own_jobs = jobserver = JobServer(ctx.config.jobs)
     env.update(jobserver.env())
     tell = progress or (lambda phase: None)
+    sfx = module_suffix(ctx, kernel)
 
     verdir = tree.verdir(pkg.name, pkg.version)
     work = Path(tempfile.mkdtemp(prefix=f".build-{kver}-{arch}-", dir=verdir))
@@ -217,6 +224,10 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False,
                     tell("sign")
                     _tool([str(sign_tool), kernel.sig_hash, str(key[0]), str(key[1]), str(dest)],
                           "sign", pkg, kver, logdir, env)
+                if sfx:  # kept as the kernel stores modules, as DKMS keeps them
+                    Path(f"{dest}{sfx}").write_bytes(recompressed(dest, sfx))
+                    os.chmod(f"{dest}{sfx}", 0o644)
+                    dest.unlink()
             shutil.rmtree(builddir)
             (work / FINGERPRINT).write_text(json.dumps(prints, indent=1) + "\n")
     except BaseException as exc:

@@ -23,20 +23,15 @@ import tempfile
 from pathlib import Path
 from typing import IO, Callable, Dict, List, Optional, Set, Tuple
 
-from .build import evaluate, hook_env
+from .build import evaluate, hook_env, module_suffix
 from .context import Context
 from .errors import CkmsError, PermissionProblem, StateError
-from .kernel import COMPRESSIONS, Kernel
+from .kernel import Kernel
 from .model import Package
 from .privileges import chown_to_owner, is_root, owner_ids
-from .run import run_logged, run_quiet, tail
+from .run import recompressed, run_logged, run_quiet, tail
 
 SUFFIXES = ("", ".gz", ".xz", ".zst")
-COMPRESSORS = {
-    ".gz": ["gzip", "-9", "-n", "-c"],
-    ".xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"],
-    ".zst": ["zstd", "-q", "-19", "-c"],
-}
 LoadPackage = Callable[[str, str], Package]
 
 
@@ -61,8 +56,7 @@ class Transaction:
         return self.ctx.config.destdir / kernel.version
 
     def suffix(self, kernel: Kernel) -> str:
-        comp = self.ctx.config.compression
-        return COMPRESSIONS[comp] if comp else kernel.compression()
+        return module_suffix(self.ctx, kernel)
 
     # ----- install ----------------------------------------------------------
     def install(self, pkg: Package, kernel: Kernel, load: LoadPackage) -> bool:
@@ -86,10 +80,12 @@ class Transaction:
         files: List[Tuple[str, str]] = []
         backups: List[Tuple[str, str]] = []
         for mod in pkg.modules:
-            src = built / "module" / f"{mod.dest_name}.ko"
-            if not src.is_file():
-                raise StateError(f"{src} is missing: the build of {pkg.ref} is damaged; "
-                                 f"'ckms -k {kver} clean {pkg.ref}' and build again")
+            # built as the kernel stores modules (DKMS's layout); else recompressed here
+            found = [p for p in _variants(built / "module" / mod.dest_name, ".ko") if p.is_file()]
+            if not found:
+                raise StateError(f"{built / 'module'} has no {mod.dest_name}.ko: the build of "
+                                 f"{pkg.ref} is damaged; 'ckms -k {kver} build -f {pkg.ref}'")
+            src = next((p for p in found if p.name.endswith(".ko" + sfx)), found[0])
             files.append((str(src), mod.dest_relpath + sfx))
             for old in _variants(kdir / mod.dest_relpath):
                 rel = os.path.relpath(old, kdir)
@@ -135,12 +131,7 @@ class Transaction:
         tmp = Path(tmpname)
         try:
             with os.fdopen(fd, "wb") as fh:
-                if sfx:
-                    proc = run_quiet_bytes(COMPRESSORS[sfx] + [str(src)])
-                    fh.write(proc)
-                else:
-                    with open(src, "rb") as sfh:
-                        shutil.copyfileobj(sfh, fh)
+                fh.write(recompressed(src, sfx))
                 fh.flush()
                 os.fsync(fh.fileno())
             os.chmod(tmp, 0o644)
@@ -343,14 +334,6 @@ class Transaction:
         chown_to_owner(path, self.ctx.tree.root)
 
 
-def run_quiet_bytes(argv: List[str]) -> bytes:
-    proc = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True)
-    if proc.returncode != 0:
-        raise CkmsError(f"{argv[0]} failed compressing {argv[-1]}: "
-                        f"{proc.stderr.decode(errors='replace').strip()}")
-    return proc.stdout
-
-
 def _run_as_owner(cmd: str, cwd: Path, env: Dict[str, str], log: Path,
                   echo: Optional[IO[str]], statedir: Path) -> int:
     """Run an install-time hook; as root, as the state tree's owner."""
@@ -382,9 +365,9 @@ def _original_place(rel: str, pkg: Package) -> Optional[str]:
     return None
 
 
-def _variants(base: Path) -> List[Path]:
-    """The module file at base in any compression (foo.ko, foo.ko.xz...)."""
-    return [Path(f"{base}{sfx}") for sfx in SUFFIXES if os.path.lexists(f"{base}{sfx}")]
+def _variants(base: Path, ext: str = "") -> List[Path]:
+    """The module file at base+ext in any compression (foo.ko, foo.ko.xz...)."""
+    return [Path(f"{base}{ext}{sfx}") for sfx in SUFFIXES if os.path.lexists(f"{base}{ext}{sfx}")]
 
 
 def _move(src: Path, dst: Path) -> None:

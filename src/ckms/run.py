@@ -16,6 +16,13 @@ Cmd = Union[str, Sequence[Union[str, Path]]]
 # of the environment is not inherited.
 PASSTHROUGH = ("PATH", "TERM", "LANG", "LC_ALL", "SOURCE_DATE_EPOCH")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# module compressors, by file suffix, with the options kmod's tools expect
+COMPRESSORS = {
+    ".gz": ["gzip", "-9", "-n", "-c"],
+    ".xz": ["xz", "--check=crc32", "--lzma2=dict=1MiB", "-c"],
+    ".zst": ["zstd", "-q", "-19", "-c"],
+}
+DECOMPRESSORS = {".gz": ["gzip", "-dc"], ".xz": ["xz", "-dc"], ".zst": ["zstd", "-dcq"]}
 
 
 def base_env() -> Dict[str, str]:
@@ -85,3 +92,27 @@ def tail(path: Path, lines: int = 15) -> str:
 
 def stdout_echo(quiet: bool) -> Optional[IO[str]]:
     return None if quiet else sys.stdout
+
+
+def run_quiet_bytes(argv: List[str], data: Optional[bytes] = None) -> bytes:
+    """Run a filter tool (a compressor) on data or its file argument; its output, or CkmsError."""
+    try:
+        proc = subprocess.run(argv, input=data, stdin=None if data is not None else subprocess.DEVNULL,
+                              capture_output=True)
+    except OSError as exc:
+        raise CkmsError(f"cannot run {argv[0]}: {exc.strerror}") from None
+    if proc.returncode != 0:
+        raise CkmsError(f"{argv[0]} failed on {argv[-1]}: "
+                        f"{proc.stderr.decode(errors='replace').strip()}")
+    return proc.stdout
+
+
+def recompressed(path: Path, suffix: str) -> bytes:
+    """The content of a module file (any compression) compressed for suffix ('' for none)."""
+    have = next((s for s in DECOMPRESSORS if path.name.endswith(s)), "")
+    if have == suffix:
+        return path.read_bytes()
+    if not have:
+        return run_quiet_bytes(COMPRESSORS[suffix] + [str(path)])
+    plain = run_quiet_bytes(DECOMPRESSORS[have] + [str(path)])
+    return run_quiet_bytes(COMPRESSORS[suffix], plain) if suffix else plain

@@ -18,6 +18,7 @@ from typing import List
 import pytest
 
 from ckms.kernel import Kernel
+from ckms.run import recompressed
 from tests.conftest import (
     EXAMPLES,
     OWNER,
@@ -136,9 +137,13 @@ def test_signed_module_verifies_against_its_certificate(ckms: RunCkms, tmp_path:
                     "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
     ckms("add", str(EXAMPLES / "hello"))
     ckms("-k", NEWEST, "-q", "build", "ckms-hello=1.0", "--sign", str(key), "--sign-cert", str(cert))
-    ko = statedir / "ckms-hello/1.0" / NEWEST / os.uname().machine / "module/ckms_hello.ko"
-    assert modinfo(ko, "signer") == "ckms test signing key"
-    assert modinfo(ko, "sig_hashalgo") == Kernel.find(NEWEST).sig_hash
+    # kept compressed as the kernel stores its modules, signed before compression
+    moddir = statedir / "ckms-hello/1.0" / NEWEST / os.uname().machine / "module"
+    stored = moddir / f"ckms_hello.ko{suffix(NEWEST)}"
+    assert modinfo(stored, "signer") == "ckms test signing key"
+    assert modinfo(stored, "sig_hashalgo") == Kernel.find(NEWEST).sig_hash
+    ko = tmp_path / "ckms_hello.ko"
+    ko.write_bytes(recompressed(stored, ""))
     content, sig = _module_signature(ko)
     (tmp_path / "content").write_bytes(content)
     (tmp_path / "sig.der").write_bytes(sig)

@@ -402,14 +402,14 @@ def test_status_with_a_manifest(area: Area) -> None:
     kadir = area.tree / "foo/1.0" / K2 / MACHINE
     assert (kadir / ".ckms-installed.json").is_file()
     (installed,) = area.installed(K2)
-    assert installed.endswith(".ko.xz") and (kadir / "module/foo.ko").is_file()
+    assert installed.endswith(".ko.xz") and (kadir / "module/foo.ko.xz").is_file()
     assert area.status() == [f"foo/1.0, {K2}, {MACHINE}: installed"]
     os.utime(area.inst / K2 / installed)  # touched, same content: compared through xz
     assert area.status() == [f"foo/1.0, {K2}, {MACHINE}: installed"]
     (area.inst / K2 / installed).write_bytes(
         subprocess.run(["xz", "-c"], input=b"other", capture_output=True, check=True).stdout)
     assert area.status() == [f"foo/1.0, {K2}, {MACHINE}: installed{DIFF}"]
-    (kadir / "module/foo.ko").unlink()
+    (kadir / "module/foo.ko.xz").unlink()
     assert area.status() == [f"foo/1.0, {K2}, {MACHINE}: installed{MISSING}"]
 
 

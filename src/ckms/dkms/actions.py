@@ -14,7 +14,7 @@ import os
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 from ..build import build
 from ..cli import post_add
@@ -25,7 +25,7 @@ from ..formats import LoadOptions, load_definition
 from ..install import Transaction
 from ..kernel import Kernel
 from ..lifecycle import FAILED, SKIPPED, autoinstall, kernel_removed, loader, newest_versions
-from ..model import Package, version_key
+from ..model import Module, Package, version_key
 from ..privileges import chown_to_owner, drop_to_owner, is_root, owner_ids
 from ..sanity import check as check_version_sanity
 from ..tree import Tree
@@ -211,20 +211,25 @@ class Session:
         kernel = self.kernel(kver, arch)
         pkg = self.load(name, version, kernel)
         built = self.tree.builtdir(name, version, kver, arch) / "module"
-        if not all((built / f"{m.dest_name}.ko").is_file() for m in pkg.modules):
-            if built.is_dir():  # made by DKMS, compressed: ckms installs from plain .ko files
-                self.out.info(f"{built} has no uncompressed modules: building again")
+        suffix = self.txn.suffix(kernel)
+
+        def stored(mod: Module) -> Optional[Path]:
+            """The built module file: compressed as the kernel stores them, or plain."""
+            return next((p for p in (built / f"{mod.dest_name}.ko{s}" for s in (suffix, ""))
+                         if p.is_file()), None)
+        if not all(stored(m) for m in pkg.modules):
             self.build(pkg, kernel)
         kdir = self.txn.kernel_dir(kernel)
         if not kdir.is_dir():
             raise DkmsError(6, f"The directory {kdir} doesn't exist.",
                             "You cannot install a module onto a non-existant kernel.")
-        suffix = self.txn.suffix(kernel)
         kept = []
         for mod in pkg.modules:
             self.out.info("")
             self.out.info(f"{mod.dest_name}.ko{suffix}:")
-            if self.sane(kdir, kver, built / f"{mod.dest_name}.ko", mod.dest_name, suffix):
+            ours = stored(mod)
+            assert ours is not None  # built above
+            if self.sane(kdir, kver, ours, mod.dest_name, suffix):
                 kept.append(mod)
         if not kept:
             raise DkmsError(6, "Installation aborted.")

@@ -244,7 +244,7 @@ def _content(path: str) -> bytes:
         with gzip.open(path) as fh:
             return fh.read()
     if sfx == ".zst":
-        from ..install import run_quiet_bytes  # only here: install pulls in the build machinery
+        from ..run import run_quiet_bytes
         return run_quiet_bytes(["zstd", "-dcq", path])
     with open(path, "rb") as fh:
         return fh.read()
