@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
 
 from .context import Context
-from .errors import BuildFailed, CkmsError, ConfigError, Skipped
+from .errors import BuildFailed, CkmsError, ConfigError, ModuleMissing, Skipped
 from .jobs import JobServer
 from .kernel import COMPRESSIONS, Kernel
 from .model import BoolSpec, Package, ShellBool, version_key
@@ -212,8 +212,9 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False,
                 built = builddir / mod.location / f"{mod.name}.ko"
                 real = Path(os.path.realpath(built))
                 if not built.is_file() or not real.is_relative_to(builddir.resolve()):
-                    raise BuildFailed(f"{pkg.ref}: the build produced no {mod.location}/{mod.name}.ko "
-                                      f"for {kver}; see the logs in {logdir}", str(logdir))
+                    raise ModuleMissing(f"{pkg.ref}: the build produced no {mod.location}/{mod.name}.ko "
+                                        f"for {kver}; see the logs in {logdir}", str(logdir),
+                                        f"{mod.name}.ko")
                 dest = moddir / f"{mod.dest_name}.ko"  # DKMS's layout: named as installed
                 shutil.copyfile(real, dest)
                 os.chmod(dest, 0o644)
@@ -233,6 +234,9 @@ def build(ctx: Context, pkg: Package, kernel: Kernel, force: bool = False,
     except BaseException as exc:
         failed = tree.faileddir(pkg.name, pkg.version, kver, arch)
         _replace_dir(work, failed)
+        if isinstance(exc, ModuleMissing):
+            raise ModuleMissing(str(exc).replace(str(work), str(failed)),
+                                (exc.logdir or "").replace(str(work), str(failed)), exc.module) from None
         if isinstance(exc, BuildFailed):
             logpath = (exc.logdir or "").replace(str(work), str(failed))
             raise BuildFailed(str(exc).replace(str(work), str(failed)), logpath) from None

@@ -60,6 +60,14 @@ class BuildFailed(CkmsError):
         self.logdir = logdir
 
 
+class ModuleMissing(BuildFailed):
+    """The build ran but did not produce a module the package declares."""
+
+    def __init__(self, message: str, logdir: str | None = None, module: str = "") -> None:
+        super().__init__(message, logdir)
+        self.module = module  # the file name, e.g. foo.ko
+
+
 class Skipped(CkmsError):
     """The package is not for this kernel (BUILD_EXCLUSIVE, OBSOLETE_BY, disabled)."""
 

@@ -152,9 +152,8 @@ def test_probes_given(world: Path) -> None:
     assert problems == []  # the version is written ${CKMS_KERNEL_VERSION}: static
     _, problems = convert(write(world, MINIMAL + 'MAKE="make V=${kernelver%%.*}"\n'),
                           lambda m: None, options(world), probes=[other])
-    assert problems == ["[hooks] build depends on the kernel: '...ERSION} V=6 ${CKMS_MA...' "
-                        "for kernel 6.1.0-99-amd64, '...ERSION} V=5 ${CKMS_MA...' for kernel "
-                        "5.10.0-9-amd64"]
+    assert len(problems) == 1 and problems[0].startswith("[hooks] build depends on the kernel: ")
+    assert "V=6" in problems[0] and "V=5" in problems[0] and "5.10.0-9-amd64" in problems[0]
 
 
 @pytest.mark.parametrize("ini", sorted(p.name for p in CKMS_DATA.glob("*.ini")))

@@ -290,6 +290,9 @@ def test_exit_codes_of_builds(area: Area) -> None:
     err = area.run("build", "bad/1.0", "-k", K1, code=10).err
     assert f"Error! Bad return status for module build on kernel: {K1} ({MACHINE})" in err
     assert "the-compiler-said-no" in err and "Consult " in err
+    area.package("none", make="true")  # make succeeds, the module is not there
+    err = area.run("build", "none/1.0", "-k", K1, code=7).err
+    assert f"Build of none.ko failed for: {K1} ({MACHINE})" in err
     area.package("only", extra='BUILD_EXCLUSIVE_KERNEL="^1\\."\n')
     assert "BUILD_EXCLUSIVE" in area.run("build", "only/1.0", "-k", K1, code=77).err
     area.package("broken", extra='BUILT_MODULE_NAME[0]="x.ko"\n')

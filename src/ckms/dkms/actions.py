@@ -20,7 +20,15 @@ from ..build import build
 from ..cli import post_add
 from ..config import Config
 from ..context import Context
-from ..errors import BuildFailed, CkmsError, ConfigError, KernelError, PermissionProblem, Skipped
+from ..errors import (
+    BuildFailed,
+    CkmsError,
+    ConfigError,
+    KernelError,
+    ModuleMissing,
+    PermissionProblem,
+    Skipped,
+)
 from ..formats import LoadOptions, load_definition
 from ..install import Transaction
 from ..kernel import Kernel
@@ -173,6 +181,11 @@ class Session:
                                 f"{kernel.hdrdir}.",
                             f"Please install the linux-headers-{kver} package or use the "
                             "--kernelsourcedir option to tell DKMS where it's located.") from None
+        except ModuleMissing as exc:
+            raise DkmsError(7, f" Build of {exc.module} failed for: {kver} ({arch})",
+                            "Make sure the name of the generated module is correct and at the root "
+                            "of the build directory, or consult make.log in the build directory",
+                            f"{exc.logdir} for more information.", str(exc)) from None
         except BuildFailed as exc:
             raise DkmsError(10, f"Bad return status for module build on kernel: {kver} ({arch})",
                             f"Consult {exc.logdir} for more information.", str(exc)) from None

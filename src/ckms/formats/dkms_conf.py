@@ -172,13 +172,14 @@ def dest_override(distro: str) -> Optional[str]:
     return None
 
 
-def build_command(make: str, pairs: Sequence[Tuple[str, str]]) -> str:
+def build_command(make: str, pairs: Sequence[Tuple[str, str]], toolchain: bool) -> str:
     """The build hook for DKMS's make command, as DKMS runs it.
 
     A leading ``make`` becomes ``make KERNELRELEASE=<kver>`` (DKMS also adds
     ``-j<jobs>``: ckms's jobserver gives make its jobs through MAKEFLAGS, and
-    a -j would override it), the kernel's toolchain arguments are appended,
-    and bash runs it.  ``pairs``
+    a -j would override it), the kernel's toolchain arguments are appended
+    when it has any (``toolchain``: clang or LLD, where DKMS appends CC= and
+    LD=; never otherwise, a MAKE may end in a subshell), and bash runs it.  ``pairs``
     (literal, VAR): where the shell expands them, whole-word literals are
     written as ${VAR} (the DKMS build directory as ${PWD}, the kernel source
     dir as ${CKMS_KERNEL_HDRDIR}...), so that the hook reads the same for
@@ -187,7 +188,7 @@ def build_command(make: str, pairs: Sequence[Tuple[str, str]]) -> str:
     cmd = substitute(make, pairs)
     if cmd.startswith("make"):
         cmd = "make KERNELRELEASE=${CKMS_KERNEL_VERSION}" + cmd[len("make"):]
-    return SHELL + shlex.quote(cmd + " ${CKMS_MAKE_ARGS}")
+    return SHELL + shlex.quote(cmd + (" ${CKMS_MAKE_ARGS}" if toolchain else ""))
 
 
 def script_hook(kind: str, script: str, *, in_source: bool,
@@ -331,7 +332,7 @@ class _Reader:
         in_kernel = [(hdrdir, "CKMS_KERNEL_HDRDIR"), (self.kernel.version, "CKMS_KERNEL_VERSION")]
         in_build = [*((d, "PWD") for d in builddirs), *in_kernel]
         make = self.make_command() or f"make -C {hdrdir} M={next(iter(builddirs))}"
-        hooks = {"build": build_command(make, in_build)}
+        hooks = {"build": build_command(make, in_build, bool(self.kernel.make_args()))}
         for directive, (hook, in_source) in SCRIPT_HOOKS.items():
             if self.first(directive).strip():
                 hooks[hook] = script_hook(hook, self.first(directive), in_source=in_source,
