@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 from typing import Dict, Iterator, Tuple
 
 
@@ -34,7 +35,13 @@ class JobServer:
     @contextlib.contextmanager
     def slot(self) -> Iterator[None]:
         """Hold one token (a build's implicit slot) while the block runs."""
-        os.read(self._read, 1)
+        while True:  # GNU make sets the shared pipe non-blocking: wait until a token is there
+            select.select([self._read], [], [])
+            try:
+                if os.read(self._read, 1):
+                    break
+            except BlockingIOError:  # another build took the token first
+                continue
         try:
             yield
         finally:
