@@ -24,7 +24,7 @@ from .model import Package, parse_package_ref
 from .privileges import drop_to_owner
 from .run import run_logged, tail
 from .tree import Tree
-from .ui import Output
+from .ui import Output, failure_code
 
 COMMANDS = {
     "add": "PATH          register the source tree at PATH (holding ckms.ini)",
@@ -100,17 +100,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     out = Output(quiet=bool(args.quiet), color=False if args.no_color else None)
     try:
         return run(args, out)
-    except CkmsError as exc:
-        out.error(str(exc))
-        return exc.code
-    except OSError as exc:
-        # e.g. a destdir the state owner cannot write to, a full disk
-        where = f"{exc.filename}: " if exc.filename else ""
-        out.error(f"{where}{exc.strerror or exc}")
-        return 1
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return 130
+    except (CkmsError, OSError, KeyboardInterrupt) as exc:
+        return failure_code(out, exc)
 
 
 def run(args: argparse.Namespace, out: Output) -> int:

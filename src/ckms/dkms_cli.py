@@ -16,6 +16,7 @@ from .dkms.args import USAGE, Invocation, parse
 from .dkms.framework import Locations, locations, read_framework
 from .dkms.status import scan
 from .errors import CkmsError
+from .ui import failure_code
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -28,16 +29,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         else:
             out = DkmsOutput(verbose=inv.verbose)
         return run(inv, out)
-    except CkmsError as exc:
-        out.error(str(exc))
-        return exit_code(exc)
-    except OSError as exc:
-        where = f"{exc.filename}: " if exc.filename else ""
-        out.error(f"{where}{exc.strerror or exc}")
-        return 1
-    except KeyboardInterrupt:
-        out.error("interrupted")
-        return 130
+    except (CkmsError, OSError, KeyboardInterrupt) as exc:
+        return failure_code(out, exc, exit_code)
 
 
 def run(inv: Invocation, out: DkmsOutput) -> int:

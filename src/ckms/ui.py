@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Optional
+from typing import IO, Callable, Optional
+
+from .errors import CkmsError
 
 
 class Output:
@@ -43,3 +45,19 @@ class Output:
     def echo(self) -> Optional[IO[str]]:
         """Where build output is copied to (None when quiet)."""
         return None if self.quiet else self.stream
+
+
+def failure_code(out: Output, exc: BaseException,
+                 code: Callable[[CkmsError], int] = lambda e: e.code) -> int:
+    """Report an expected failure (no traceback); the exit status the front end returns."""
+    if isinstance(exc, CkmsError):
+        out.error(str(exc))
+        return code(exc)
+    if isinstance(exc, OSError):  # e.g. a destdir the state owner cannot write to, a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        out.error(f"{where}{exc.strerror or exc}")
+        return 1
+    if isinstance(exc, KeyboardInterrupt):
+        out.error("interrupted")
+        return 130
+    raise exc

@@ -384,17 +384,18 @@ def act_install(s: Session) -> int:
 
 
 def act_uninstall(s: Session) -> int:
-    name, version = s.inv.module_version("uninstall")
-    s.require_added(name, version)
-    code = s.per_kernel(lambda k, a: s.uninstall_one(name, version, k, a))
-    s.finish()
-    return code
+    return _on_added(s, "uninstall", s.uninstall_one)
 
 
 def act_unbuild(s: Session) -> int:
-    name, version = s.inv.module_version("unbuild")
+    return _on_added(s, "unbuild", s.unbuild_one)
+
+
+def _on_added(s: Session, action: str, step: Callable[[str, str, str, str], None]) -> int:
+    """An added module's step on every target kernel, then depmod once per kernel."""
+    name, version = s.inv.module_version(action)
     s.require_added(name, version)
-    code = s.per_kernel(lambda k, a: s.unbuild_one(name, version, k, a))
+    code = s.per_kernel(lambda k, a: step(name, version, k, a))
     s.finish()
     return code
 
