@@ -144,18 +144,6 @@ def import_profile(argv: List[str], env: Dict[str, str], top: int = 8) -> str:
     return "\n".join(out)
 
 
-def dkms_side_by_side(base: Path, npkgs: int, kernels: Sequence[str], runs: int) -> Optional[str]:
-    """Placeholder: `dkms status` on an equivalent tree, for the ratio ckms/dkms.
-
-    A later issue fills this in (real DKMS 3.0.10 from Debian's `dkms` package,
-    driven over its own tree of the same shape).  Returns a line to print.
-    """
-    del base, npkgs, kernels, runs
-    found = shutil.which("dkms")
-    return ("dkms side-by-side: not measured yet (a later issue adds it); "
-            + (f"dkms found at {found}" if found else "dkms is not installed"))
-
-
 def main(argv: Optional[List[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("-n", "--runs", type=int, default=30, help="timed runs per command (default 30)")
@@ -248,7 +236,6 @@ def run(args: argparse.Namespace, base: Path, kernels: List[str], env: Dict[str,
     print(f"ckms status median {median:.1f} ms: {verdict} the {TARGET_MS:.0f} ms target "
           f"(medians: python3 start-up {start_ms:.1f} ms, importing ckms {import_ms:.1f} ms, "
           f"tree scan {scan['median']:.1f} ms)")
-    print(dkms_side_by_side(base, npkgs, kernels, runs))
     print(f"at the end: {load_note()}")
     if not ok:
         print("error: the tree or the status output is not what was expected", file=sys.stderr)
