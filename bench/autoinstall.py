@@ -48,7 +48,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import ROOT, check, child_env, header, load_note, real_kernels, timed_run  # noqa: E402
+from common import ROOT, check, child_env, header, load_note, real_kernels, scratch_dir, timed_run  # noqa: E402
 
 sys.path.insert(0, str(ROOT))
 from tests.corpus.packages import Source, source  # noqa: E402  (the corpus test's fetcher)
@@ -205,15 +205,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.exit(f"no kernel headers for {kver or 'any kernel'} under /lib/modules")
 
     print(load_note())
-    base = Path(tempfile.mkdtemp(prefix="ckms-bench-autoinstall-", dir="/var/tmp"))
-    base.chmod(0o755)  # ckms reads a dkms.conf as an unprivileged user
-    try:
+    with scratch_dir("ckms-bench-autoinstall-", args.keep, "staging trees", "/var/tmp") as base:
+        base.chmod(0o755)  # ckms reads a dkms.conf as an unprivileged user
         return run(args, base, kver)
-    finally:
-        if args.keep:
-            print(f"\nstaging trees kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, base: Path, kver: str) -> int:

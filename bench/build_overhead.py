@@ -27,7 +27,6 @@ import pstats
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
@@ -44,6 +43,7 @@ from common import (  # noqa: E402  (after the sys.path line)
     header,
     load_note,
     real_kernels,
+    scratch_dir,
     time_interleaved,
     timed_run,
 )
@@ -86,9 +86,9 @@ class Round:
         check(proc, "ckms add")
         build_s, proc = timed_run(ckms_argv(*common, "build", REF), self.env)
         check(proc, "ckms build")
-        built = state / "ckms-hello" / "1.0" / self.kver / os.uname().machine / "module" / MODULE
-        if not built.is_file():
-            sys.exit(f"ckms build reported success but {built} is missing")
+        moddir = state / "ckms-hello" / "1.0" / self.kver / os.uname().machine / "module"
+        if not list(moddir.glob(MODULE + "*")):  # kept compressed as the kernel stores modules
+            sys.exit(f"ckms build reported success but {moddir / MODULE} is missing")
         return add_s, build_s
 
     def make(self) -> float:
@@ -188,14 +188,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not Path(f"/lib/modules/{kver}/build/Makefile").is_file():
         sys.exit(f"no headers for {kver} in /lib/modules/{kver}/build")
 
-    scratch = Path(tempfile.mkdtemp(prefix="ckms-bench-build-"))
-    try:
+    with scratch_dir("ckms-bench-build-", args.keep) as scratch:
         return run(args, kver, scratch)
-    finally:
-        if args.keep:
-            print(f"\nscratch kept in {scratch}")
-        else:
-            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, kver: str, scratch: Path) -> int:

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterator, List, Mapping, Sequence
+from typing import Dict, Iterator, List, Mapping, Optional, Sequence
 
 ROOT = Path(__file__).resolve().parent.parent
 SRC = ROOT / "src"
@@ -160,3 +161,17 @@ def load_note() -> str:
 def header(title: str) -> None:
     print(f"\n== {title}")
 
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str, keep: bool, what: str = "scratch",
+                parent: Optional[str] = None) -> Iterator[Path]:
+    """A scratch directory for one bench run; removed at the end unless keep (--keep)."""
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+    try:
+        yield base
+    finally:
+        if keep:
+            print(f"\n{what} kept in {base}")
+        else:
+            shutil.rmtree(base, ignore_errors=True)

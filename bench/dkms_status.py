@@ -29,9 +29,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import Dict, List, Optional
 
@@ -43,6 +41,7 @@ from common import (  # noqa: E402  (after the sys.path line)
     fmt_ms,
     header,
     load_note,
+    scratch_dir,
     summary,
     time_interleaved,
 )
@@ -181,14 +180,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         sys.exit(f"{DKMS} is not installed: apt-get install dkms (the reference, 3.0.10)")
 
     print(load_note())
-    base = Path(tempfile.mkdtemp(prefix="ckms-bench-dkms-status-"))
-    try:
+    with scratch_dir("ckms-bench-dkms-status-", args.keep, "trees") as base:
         return run(args, base)
-    finally:
-        if args.keep:
-            print(f"\ntrees kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, base: Path) -> int:

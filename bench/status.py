@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -38,6 +36,7 @@ from common import (  # noqa: E402  (after the sys.path line)
     header,
     load_note,
     real_kernels,
+    scratch_dir,
     summary,
     time_interleaved,
     timed_run,
@@ -161,14 +160,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     kernels = [f"9.0.0-bench{k + 1}" for k in range(args.kernels)]
     print(load_note())
     env = child_env(bytecode_cache=not args.no_pyc_cache)
-    base = Path(tempfile.mkdtemp(prefix="ckms-bench-status-"))
-    try:
+    with scratch_dir("ckms-bench-status-", args.keep, "tree") as base:
         return run(args, base, kernels, env)
-    finally:
-        if args.keep:
-            print(f"\ntree kept in {base}")
-        else:
-            shutil.rmtree(base, ignore_errors=True)
 
 
 def run(args: argparse.Namespace, base: Path, kernels: List[str], env: Dict[str, str]) -> int:

@@ -64,6 +64,13 @@ def ckms(statedir: Path) -> RunCkms:
     return run
 
 
+def recording_hook(path: Path, log: Path, then: str = "") -> Path:
+    """An executable hook that appends its first argument to log, then runs then."""
+    path.write_text(f'#!/bin/sh\necho "$1" >> {log}\n{then}')
+    path.chmod(0o755)
+    return path
+
+
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
 needs_kernels = pytest.mark.skipif(len(real_kernels()) < 1, reason="no kernel headers installed")
 

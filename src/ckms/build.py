@@ -117,13 +117,15 @@ def fingerprint(ctx: Context, pkg: Package, kernel: Kernel) -> Dict[str, str]:
     clang = kernel.config.get("CONFIG_CC_IS_CLANG") == "y"
     compiler = "clang" if clang else kernel.config.get("CONFIG_CC_VERSION_TEXT", "gcc").split(" ", 1)[0]
     linker = "ld.lld" if kernel.config.get("CONFIG_LD_IS_LLD") == "y" else "ld"
-    tools = [_stat_tool(t) for t in (compiler, linker, resolve_make_quiet(pkg.make), "strip")]
+    tools = (compiler, linker, resolve_make_quiet(pkg.make), "strip")
+    source = ctx.tree.source(pkg.name, pkg.version)
     return {
-        "source": _tree_digest(ctx.tree.source(pkg.name, pkg.version)),
+        "source": ctx.digest(("source", str(source)), lambda: _tree_digest(source)),
         "definition": _digest(settings.encode()),
-        "kernel headers": _digest(b"".join(_read(kernel.hdrdir / f) for f in
-                                           (".config", "Module.symvers", "Makefile"))),
-        "toolchain": _digest("\n".join(tools).encode()),
+        "kernel headers": ctx.digest(("headers", str(kernel.hdrdir)), lambda: _digest(b"".join(
+            _read(kernel.hdrdir / f) for f in (".config", "Module.symvers", "Makefile")))),
+        "toolchain": ctx.digest(("toolchain", *tools), lambda: _digest(
+            "\n".join(_stat_tool(t) for t in tools).encode())),
     }
 
 

@@ -12,14 +12,13 @@ from pathlib import Path
 from typing import Callable, List, Optional
 
 from . import __version__
-from .build import build, hook_env
+from .build import build, hook_env, module_suffix
 from .config import DEFAULT_CONFIG, load_config
 from .context import Context
 from .errors import CkmsError, ConfigError, StateError, UsageError
 from .formats import LoadOptions, find_definition, load_definition
 from .install import Transaction
 from .kernel import COMPRESSIONS, MODULES_ROOT, Kernel
-from .lifecycle import autoinstall, gone_kernels, kernel_removed, kernels_with_headers, loader
 from .model import Package, parse_package_ref
 from .privileges import drop_to_owner
 from .run import run_logged, tail
@@ -237,6 +236,8 @@ def status(ctx: Context, args: argparse.Namespace) -> int:
 
 def lifecycle_command(ctx: Context, args: argparse.Namespace, opts: LoadOptions) -> int:
     """autoinstall, kernel-removed, prune."""
+    # imported here: its thread pool and progress display are not for status's start-up
+    from .lifecycle import autoinstall, gone_kernels, kernel_removed, kernels_with_headers, loader
     cmd, out, cfg = args.command, ctx.out, ctx.config
     machine = os.uname().machine
     if cmd == "autoinstall":
@@ -311,7 +312,7 @@ def dry_run(ctx: Context, cmd: str, name: str, version: Optional[str], kernel: K
             raise StateError(f"{name}={current} is installed for {kver}; uninstall it first")
         if not tree.is_built(name, version, kver, arch):
             raise StateError(f"{pkg.ref} is not built for {kver}/{arch}")
-        sfx = Transaction(ctx).suffix(kernel)
+        sfx = module_suffix(ctx, kernel)
         for mod in pkg.modules:
             target = kdir / (mod.dest_relpath + sfx)
             for old in sorted(kdir.glob(mod.dest_relpath + "*")):

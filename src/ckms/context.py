@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Dict, Tuple
 
 from .config import Config
 from .tree import Tree
@@ -16,6 +17,14 @@ class Context:
     tree: Tree
     out: Output
     depmod: bool = True
+    # digests computed once per command (a source tree, a kernel's headers), shared
+    # by the contexts dataclasses.replace() derives from this one
+    digests: Dict[Tuple[str, ...], str] = field(default_factory=dict)
+
+    def digest(self, key: Tuple[str, ...], compute: Callable[[], str]) -> str:
+        if key not in self.digests:
+            self.digests[key] = compute()
+        return self.digests[key]
 
     @property
     def real_destdir(self) -> bool:

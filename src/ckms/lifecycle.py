@@ -339,8 +339,7 @@ def install_all(ctx: Context, jobs: List[Job], load: LoadFor) -> None:
         for job in jobs:
             if job.row.result:
                 continue  # failed or skipped
-            def by_kernel(name: str, version: str, kernel: Kernel = job.kernel) -> Package:
-                return load(name, version, kernel)
+            by_kernel = _for_kernel(load, job.kernel)
             try:
                 if job.replace is not None:
                     txn.uninstall(job.pkg.name, job.kernel, by_kernel, job.replace)

@@ -9,6 +9,7 @@ directory, counting depmod runs.
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import List
 
 import pytest
 
-from tests.conftest import RunCkms, needs_root, owned_tree, real_kernels, run_ckms_cmd
+from tests.conftest import RunCkms, needs_root, owned_tree, real_kernels, recording_hook, run_ckms_cmd
 
 KERNELS = real_kernels()
 MACHINE = os.uname().machine
@@ -165,13 +166,11 @@ def test_missing_headers_is_a_skip(ckms: RunCkms, tmp_path: Path) -> None:
 
 
 @needs_root
-def test_new_kernels_get_one_depmod_each(shared_dir: Path, owner: object) -> None:
+def test_new_kernels_get_one_depmod_each(shared_dir: Path, owner: pwd.struct_passwd) -> None:
     """Real kbuild, real /lib/modules: two packages on two kernels, one depmod per kernel."""
-    state, src = owned_tree(shared_dir, owner)  # type: ignore[arg-type]
+    state, src = owned_tree(shared_dir, owner)
     counter = shared_dir / "depmod.log"
-    hook = shared_dir / "depmod-hook"
-    hook.write_text(f"#!/bin/sh\necho \"$1\" >> {counter}\nexec depmod -a \"$1\"\n")
-    hook.chmod(0o755)
+    hook = recording_hook(shared_dir / "depmod-hook", counter, 'exec depmod -a "$1"\n')
     cfg = shared_dir / "config.ini"
     cfg.write_text(f"[ckms]\ndepmod_hook = {hook}\n")
     for name in ("hello", "pair"):

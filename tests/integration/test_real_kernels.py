@@ -28,6 +28,7 @@ from tests.conftest import (
     needs_root,
     owned_tree,
     real_kernels,
+    recording_hook,
     run_ckms_cmd,
 )
 
@@ -274,9 +275,7 @@ def test_initramfs_hook_only_for_initramfs_packages(shared_dir: Path,
                                                     owner: pwd.struct_passwd) -> None:
     state, src = owned_tree(shared_dir, owner)
     calls = shared_dir / "initramfs-calls"
-    hook = shared_dir / "refresh-initramfs.sh"
-    hook.write_text(f'#!/bin/sh\necho "$1" >> {calls}\n')
-    hook.chmod(0o755)
+    hook = recording_hook(shared_dir / "refresh-initramfs.sh", calls)
     config = shared_dir / "config.ini"
     config.write_text(f"[ckms]\ninitramfs_hook = {hook}\n")
     ini = src / "hello" / "ckms.ini"
