@@ -423,6 +423,20 @@ def test_unreadable_file(world: Path) -> None:
         read_dkms_conf(path, lambda m: None, options(world))
 
 
+@pytest.mark.skipif(not ROOT, reason="needs root")
+def test_read_where_the_source_link_leads(world: Path) -> None:
+    """A tree the evaluating user cannot enter (a root-only dir): the link's target is read."""
+    write(world, MINIMAL)
+    tree = world / "private"
+    tree.mkdir(mode=0o700)
+    (tree / "source").symlink_to(world / "src")
+    conf = read_dkms_conf(tree / "source" / "dkms.conf", lambda m: None, options(world))
+    assert conf.package.name == "foo"
+    (tree / "dkms.conf").write_text(MINIMAL)  # really out of reach: said so, not "no PACKAGE_NAME"
+    with pytest.raises(ConfigError, match="cannot read it as uid"):
+        read_dkms_conf(tree / "dkms.conf", lambda m: None, options(world))
+
+
 # ----- override files and --directive -------------------------------------------------
 
 def test_override_files(world: Path) -> None:

@@ -59,6 +59,7 @@ _ckms_i=0
 while (( _ckms_i < ${#_ckms_files[@]} )); do
     _ckms_f=${_ckms_files[_ckms_i]}
     _ckms_i=$((_ckms_i + 1))
+    (( _ckms_i == 1 )) && [[ ! -e $_ckms_f ]] && { echo "$_ckms_f: not found" >&2; exit 96; }
     if [[ -e $_ckms_f ]]; then
         _ckms_text=$(< "$_ckms_f") || exit 96
         if [[ $_ckms_text == *$'\r'* ]]; then
@@ -129,7 +130,10 @@ def evaluate(files: Sequence[Path], names: Sequence[str], *, label: Path, cwd: P
              override_dir: Optional[Path] = None,
              assignments: Sequence[Tuple[str, str]] = (),
              ids: Optional[Tuple[int, int]] = None, timeout: float = 30.0) -> Values:
-    """Source ``files`` (missing ones skipped) in one bash; return ``names``.
+    """Source ``files`` in one bash; return ``names``.
+
+    A first file the user cannot reach is an error; later missing ones
+    (override files) are skipped.
 
     ``context`` holds the shell variables the files see (not exported).
     ``override_dir``: after the first file, source DKMS's per-module override
@@ -149,14 +153,16 @@ def evaluate(files: Sequence[Path], names: Sequence[str], *, label: Path, cwd: P
     argv = ["bash", "--noprofile", "--norc", "-c", _DRIVER, "ckms-eval", marker, " ".join(names),
             str(override_dir or ""),
             *(f"{k}={v}" for k, v in (context or {}).items()), "--",
-            *(os.path.abspath(f) for f in files), "--",
+            # where the files really are: the tree's links may lead through directories
+            # the unprivileged user cannot enter (the source is what DKMS means)
+            *(os.path.realpath(f) for f in files), "--",
             *(f"{k}={v}" for k, v in assignments)]
     env = {"PATH": DEFAULT_PATH, "LC_ALL": "C", "HOME": "/"}
     who = f"uid {ids[0]}" if ids else "this user"
     with tempfile.TemporaryFile() as errfile:
         try:
             proc = subprocess.Popen(
-                argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                argv, cwd=os.path.realpath(cwd), env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                 stderr=errfile, start_new_session=True, umask=0o022,
                 user=ids[0] if ids else None, group=ids[1] if ids else None,
                 extra_groups=[] if ids else None)
