@@ -1,5 +1,6 @@
-"""End to end: ckms builds and installs ckms-pair, a real Debian kernel boots under QEMU and
-kmod's modprobe loads pair_user, pulling in pair_core as its dependency."""
+"""End to end: ckms builds and installs ckms-pair (ckms.ini) and dkms_test (a dkms.conf), a
+real Debian kernel boots under QEMU, kmod's modprobe loads pair_user, pulling in pair_core as
+its dependency, and dkms_test."""
 
 from __future__ import annotations
 
@@ -47,16 +48,22 @@ def test_modprobe_ckms_installed_pair(ckms: RunCkms, tmp_path: Path) -> None:
     installed = {p.name.split(".", 1)[0]: p.relative_to(modroot / KVER)
                  for p in (modroot / KVER / "extra" / "pair").iterdir()}
     assert sorted(installed) == ["pair_core", "pair_user"], installed
+    # a dkms.conf package, read and built the same way (DEST_MODULE_LOCATION: Debian's updates/dkms)
+    ckms("add", str(EXAMPLES / "dkms_test"))
+    ckms("-k", KVER, "build", "dkms_test=1.0")
+    ckms("-k", KVER, "-d", str(modroot), "install", "dkms_test=1.0")
+    assert list((modroot / KVER / "updates" / "dkms").glob("dkms_test.ko*"))
 
     result = boot_with_modules(KVER, modroot, [
         "/sbin/modprobe -C /etc/modprobe.d -v pair_user",
+        "/sbin/modprobe -C /etc/modprobe.d dkms_test",
         "cat /proc/modules",
         "dmesg",
     ], tmp_path / "vm", timeout=BOOT_TIMEOUT)
     why = explain(result)
     assert not result.timed_out, why
     assert result.completed, why
-    modprobe, modules, dmesg = result.commands
+    modprobe, modprobe_dkms, modules, dmesg = result.commands
 
     # kmod's modprobe resolved the dependency from the depmod index: pair_core first.
     assert modprobe.status == 0, f"{modprobe.output}\n{why}"
@@ -64,11 +71,13 @@ def test_modprobe_ckms_installed_pair(ckms: RunCkms, tmp_path: Path) -> None:
     assert insmods == [f"/lib/modules/{KVER}/{installed['pair_core']}",
                        f"/lib/modules/{KVER}/{installed['pair_user']}"], f"{modprobe.output}\n{why}"
 
+    assert modprobe_dkms.status == 0, f"{modprobe_dkms.output}\n{why}"
     loaded = proc_modules(modules.output)
-    for name in ("pair_core", "pair_user"):
+    for name in ("pair_core", "pair_user", "dkms_test"):
         assert name in loaded, f"{name} not in /proc/modules:\n{modules.output}\n{why}"
         assert loaded[name][4] == "Live", f"{name} not Live:\n{modules.output}\n{why}"
     assert "pair_user" in loaded["pair_core"][3].split(","), f"pair_core not used by pair_user:\n{why}"
 
     assert MESSAGE in dmesg.output, f"{dmesg.output}\n{why}"
+    assert "init hlc mod" in dmesg.output, f"dkms_test's message missing:\n{dmesg.output}"
     assert MESSAGE in result.console, why
